@@ -1,0 +1,66 @@
+# One command each: every target installs what it needs into .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+SAM_VENV := .sam-venv
+SAM := $(SAM_VENV)/bin/sam
+SAM_CLI_VERSION := 1.170.0
+# pyenv ships the Lambda runtime's Python; sam build looks for python3.12 on PATH.
+SAM_ENV := PYENV_VERSION=3.11.7:3.12.1:3.13.0 SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: help venv run test lint format typecheck cfn unit bench build clean
+
+help:
+	@echo "make run    - the whole push locally: embedded AWS (moto), a local CRM, the real handler"
+	@echo "make test   - lint, types, template checks and every test (what CI runs)"
+	@echo "make bench  - benchmarks; figures in bench/results.json"
+	@echo "make build  - sam build (the SAM CLI goes into its own .sam-venv)"
+
+$(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt constraints.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+venv: $(VENV)/.installed
+
+$(SAM_VENV)/.installed:
+	@test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
+	@$(SAM_VENV)/bin/pip install -q --disable-pip-version-check aws-sam-cli==$(SAM_CLI_VERSION)
+	@touch $@
+
+run: venv
+	@$(PY) -m scripts.local_run
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: venv
+	$(BIN)/mypy layers/common/crm_push functions/post_call_push scripts bench
+
+cfn: venv $(SAM_VENV)/.installed
+	$(BIN)/cfn-lint template.yaml
+	$(SAM_ENV) $(SAM) validate --lint --template template.yaml
+
+unit: venv
+	$(BIN)/pytest tests/unit -q
+
+test: lint typecheck cfn
+	$(BIN)/pytest -q
+
+bench: venv
+	$(PY) -m bench.run
+
+build: venv $(SAM_VENV)/.installed
+	$(SAM_ENV) $(SAM) build --template template.yaml
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis

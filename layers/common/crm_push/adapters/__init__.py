@@ -1,0 +1,1 @@
+"""Adapters: the only places that talk to AWS or to a CRM over HTTP."""

@@ -1,0 +1,37 @@
+"""The real adapters for a Settings: built once per container (or per CLI run)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from crm_push.adapters.crm_http import CrmHttpSender
+from crm_push.adapters.dynamodb import BotsTable, CallsTable
+from crm_push.adapters.recordings import make_presigner
+from crm_push.config import Settings
+from crm_push.push import PushDeps
+
+# Standard retry mode backs off on throttling; the short timeouts keep one slow
+# DynamoDB call from eating the whole Lambda budget.
+_AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=5)
+
+
+def build_deps(settings: Settings, *, session: Any = None, dynamodb_client: Any = None) -> PushDeps:
+    session = session or boto3.session.Session()
+    dynamodb = dynamodb_client or session.client(
+        "dynamodb", config=_AWS_CONFIG.merge(Config(max_pool_connections=settings.push_concurrency + 4))
+    )
+    presign = make_presigner(settings.recordings_endpoint_url, settings.recording_url_ttl_seconds, session=session)
+    return PushDeps(
+        calls=CallsTable(dynamodb, settings.calls_table),
+        bots=BotsTable(dynamodb, settings.bots_table, settings.bot_config_ttl_seconds),
+        crm=CrmHttpSender(
+            pool_size=settings.push_concurrency, allow_private_networks=settings.push_allow_private_networks
+        ),
+        presign=presign,
+        public_base_url=settings.public_base_url,
+        recordings_bucket=settings.recordings_bucket,
+        claim_lease_seconds=settings.claim_lease_seconds,
+    )
