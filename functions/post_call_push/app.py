@@ -115,6 +115,10 @@ def _handle_event_bridge(event: dict[str, Any], context: LambdaContext | None) -
     return {"status": outcome.outcome, "result": outcome.result.status if outcome.result else None}
 
 
+def _tracing_enabled() -> bool:
+    return os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() not in ("1", "true", "yes")
+
+
 @metrics.log_metrics
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -130,3 +134,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         "unrecognised trigger ignored", extra={"keys": sorted(event)[:10] if isinstance(event, dict) else None}
     )
     return {"status": "invalid_event", "error": "neither a DynamoDB stream batch nor an EventBridge event"}
+
+
+if _tracing_enabled():
+    # Tracer costs ~300 ms of cold start (aws-xray-sdk): pay it only when tracing is on.
+    from aws_lambda_powertools import Tracer
+
+    tracer = Tracer()
+    lambda_handler = tracer.capture_lambda_handler(lambda_handler)
