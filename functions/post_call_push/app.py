@@ -28,7 +28,6 @@ from crm_push.wiring import build_deps
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "post-call-push"))
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "PostCallPush"))
 copy_config_to_registered_loggers(source_logger=logger, include={"crm_push"})
-processor = AsyncBatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
 
 # Stop sending this long before Lambda's own timeout, so results are still written back.
 _WRITE_BACK_RESERVE_SECONDS = 3.0
@@ -125,6 +124,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if isinstance(event, dict) and isinstance(event.get("Records"), list):
         deps = _invocation_deps(context)
         _, executor = _runtime()
+        # A processor per invocation: it holds the batch's successes and failures, and
+        # must not be shared if two invocations ever run in one process (tests, replays).
+        processor = AsyncBatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
         return async_process_partial_response(  # type: ignore[return-value]
             event=event, record_handler=_make_record_handler(deps, executor), processor=processor, context=context
         )
