@@ -155,7 +155,8 @@ def test_an_invalid_config_is_recorded_as_failed_naming_the_bot(stack, handler, 
     result = result_of(stack, sample_call)
     assert stack.crm.requests == []
     assert result["status"] == "failed"
-    assert sample_bot["bot_id"] in result["error"] and "method" in result["error"]
+    assert sample_bot["bot_id"] in result["error"]
+    assert "method" in result["error"]
 
 
 def _decimal(item: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +234,8 @@ def test_without_a_token_the_recording_is_a_working_presigned_url(stack, handler
     handler(insert_event(sample_call))
 
     link = stack.crm.requests[0].json()["recording"]
-    assert "X-Amz-Signature=" in link and "X-Amz-Expires=604800" in link
+    assert "X-Amz-Signature=" in link
+    assert "X-Amz-Expires=604800" in link
     assert f"/{stack.bucket}/recordings/c1.wav" in link
     with urllib.request.urlopen(link) as fetched:
         assert fetched.read() == b"RIFF....WAVE"

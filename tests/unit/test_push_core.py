@@ -55,14 +55,14 @@ def test_a_bot_without_push_config_is_left_untouched(call, bot):
 
 
 def test_an_unknown_bot_is_left_untouched(call):
-    outcome, stored, crm = run(call, None)
+    outcome, stored, _crm = run(call, None)
     assert outcome.outcome == "no_config"
     assert "post_call_push_result" not in stored
 
 
 def test_no_url_records_skipped_and_sends_nothing(call, bot):
     bot["post_call_push"]["url"] = ""
-    outcome, stored, crm = run(call, bot)
+    _outcome, stored, crm = run(call, bot)
     assert crm.requests == []
     assert stored["post_call_push_result"]["status"] == "skipped"
     assert "no url" in stored["post_call_push_result"]["error"]
@@ -80,7 +80,7 @@ def test_no_url_records_skipped_and_sends_nothing(call, bot):
 )
 def test_an_invalid_config_records_failed_with_the_reason(call, bot, change, expected_error):
     bot["post_call_push"].update(change)
-    outcome, stored, crm = run(call, bot)
+    _outcome, stored, crm = run(call, bot)
     result = stored["post_call_push_result"]
     assert crm.requests == []
     assert result["status"] == "failed"
