@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -34,16 +35,18 @@ _WRITE_BACK_RESERVE_SECONDS = 3.0
 
 _deps: PushDeps | None = None
 _executor: ThreadPoolExecutor | None = None
+_wiring_lock = threading.Lock()
 
 
 def _runtime() -> tuple[PushDeps, ThreadPoolExecutor]:
     """Adapters and the worker pool, created once per warm container."""
     global _deps, _executor
-    if _deps is None or _executor is None:
-        settings = Settings.from_env()
-        _deps = build_deps(settings)
-        _executor = ThreadPoolExecutor(max_workers=settings.push_concurrency, thread_name_prefix="push")
-    return _deps, _executor
+    with _wiring_lock:
+        if _deps is None or _executor is None:
+            settings = Settings.from_env()
+            _deps = build_deps(settings)
+            _executor = ThreadPoolExecutor(max_workers=settings.push_concurrency, thread_name_prefix="push")
+        return _deps, _executor
 
 
 def _invocation_deps(context: LambdaContext | None) -> PushDeps:
