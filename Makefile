@@ -49,6 +49,10 @@ typecheck: venv
 cfn: venv $(SAM_VENV)/.installed
 	$(BIN)/cfn-lint template.yaml
 	$(SAM_ENV) $(SAM) validate --lint --template template.yaml
+	@# Neither check above expands SAM resources: lint the expansion too, so a broken !GetAtt fails here.
+	@mkdir -p .aws-sam
+	$(SAM_ENV) $(SAM_VENV)/bin/python scripts/sam_transform.py template.yaml > .aws-sam/transformed.json
+	$(BIN)/cfn-lint .aws-sam/transformed.json
 
 unit: venv
 	$(BIN)/pytest tests/unit -q
