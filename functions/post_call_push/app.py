@@ -34,16 +34,18 @@ copy_config_to_registered_loggers(source_logger=logger, include={"crm_push"})
 _WRITE_BACK_RESERVE_SECONDS = 3.0
 
 _deps: PushDeps | None = None
+_claim_wait_seconds = 15.0
 _executor: ThreadPoolExecutor | None = None
 _wiring_lock = threading.Lock()
 
 
 def _runtime() -> tuple[PushDeps, ThreadPoolExecutor]:
     """Adapters and the worker pool, created once per warm container."""
-    global _deps, _executor
+    global _deps, _executor, _claim_wait_seconds
     with _wiring_lock:
         if _deps is None or _executor is None:
             settings = Settings.from_env()
+            _claim_wait_seconds = settings.claim_wait_seconds
             _deps = build_deps(settings)
             _executor = ThreadPoolExecutor(max_workers=settings.push_concurrency, thread_name_prefix="push")
         return _deps, _executor
@@ -65,9 +67,33 @@ def _count(outcome: PushOutcome) -> None:
         metrics.add_metric(name=f"NotPushed_{outcome.outcome}", unit=MetricUnit.Count, value=1)
 
 
+def _push_waiting_out_races(call_id: str, deps: PushDeps, call_doc: dict[str, Any] | None) -> PushOutcome:
+    """push_call, waiting a little when another invocation holds the call.
+
+    A live holder finishes in about one CRM round trip, after which our claim
+    finds its result and stops; waiting here keeps a plain race from turning
+    into stream retries (and on-failure queue alarms). A holder that died keeps
+    its claim until the lease ends: then ClaimHeld propagates and the record is
+    reported for retry, as it should be.
+    """
+    deadline = deps.deadline()
+    give_up = time.monotonic() + _claim_wait_seconds
+    if deadline is not None:
+        give_up = min(give_up, deadline)
+    pause = 0.1
+    while True:
+        try:
+            return push_call(call_id, deps, call_doc=call_doc)
+        except ClaimHeld:
+            if time.monotonic() + pause > give_up:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
 def _push_or_raise(call_id: str, deps: PushDeps, call_doc: dict[str, Any] | None) -> PushOutcome:
     """Push one call. ClaimHeld and StorageError propagate: a later retry can succeed."""
-    outcome = push_call(call_id, deps, call_doc=call_doc)
+    outcome = _push_waiting_out_races(call_id, deps, call_doc)
     if outcome.outcome in ("no_config", "not_eligible", "call_not_found"):
         logger.info("call not pushed", extra={"call_id": call_id, "reason": outcome.outcome})
     return outcome
