@@ -11,7 +11,7 @@ SAM_CLI_VERSION := 1.170.0
 SAM_ENV := PYENV_VERSION=3.11.7:3.12.1:3.13.0 SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help venv run test lint format typecheck cfn unit bench build clean
+.PHONY: help venv run test lint format typecheck cfn unit bench build clean preview lint-config replay status
 
 help:
 	@echo "make run    - the whole push locally: embedded AWS (moto), a local CRM, the real handler"
@@ -44,7 +44,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 
 typecheck: venv
-	$(BIN)/mypy layers/common/crm_push functions/post_call_push scripts bench
+	$(BIN)/mypy layers/common/crm_push functions/post_call_push push_cli scripts bench
 
 cfn: venv $(SAM_VENV)/.installed
 	$(BIN)/cfn-lint template.yaml
@@ -68,3 +68,16 @@ build: venv $(SAM_VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Operator CLI (docs/runbook.md); pass its options through ARGS, e.g. make preview ARGS="--call-id X".
+preview: venv
+	$(BIN)/post-call-push preview $(ARGS)
+
+lint-config: venv
+	$(BIN)/post-call-push lint $(ARGS)
+
+replay: venv
+	$(BIN)/post-call-push replay $(ARGS)
+
+status: venv
+	$(BIN)/post-call-push status $(ARGS)

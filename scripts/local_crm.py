@@ -51,6 +51,9 @@ class LocalCrm:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle on, the body waits for the
+            # client's delayed ACK and every request costs ~40 ms more than the responder asks.
+            disable_nagle_algorithm = True
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -82,7 +85,10 @@ class LocalCrm:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-crm", daemon=True)
+        # A short poll interval: stop() (every test's teardown) waits up to one interval.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="local-crm", daemon=True
+        )
 
     @property
     def url(self) -> str:

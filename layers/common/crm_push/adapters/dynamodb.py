@@ -140,6 +140,65 @@ class CallsTable:
             raise StorageError(f"recording the push of call {call_id} failed: {_aws_error(exc)}") from exc
         return True
 
+    def call_ids_by_bot(
+        self,
+        bot_id: str,
+        *,
+        stored_from: str | None = None,
+        stored_before: str | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+        index_name: str = "bot_id-results_stored_at-index",
+    ) -> list[tuple[str, str]]:
+        """``(call_id, results_stored_at)`` of a bot's calls whose results were stored in a window.
+
+        For operator tooling (replays, lint samples). ``stored_from`` is
+        inclusive, ``stored_before`` exclusive; both are ISO-8601 UTC text,
+        compared as stored. The index is KEYS_ONLY: read a call with
+        ``get_call`` for anything else.
+        """
+        values: dict[str, Any] = {":bot": bot_id}
+        condition = "bot_id = :bot"
+        if stored_from and stored_before:
+            # BETWEEN is inclusive at both ends; the exclusive end is dropped below.
+            condition += " AND #stored BETWEEN :from AND :before"
+            values.update({":from": stored_from, ":before": stored_before})
+        elif stored_from:
+            condition += " AND #stored >= :from"
+            values[":from"] = stored_from
+        elif stored_before:
+            condition += " AND #stored < :before"
+            values[":before"] = stored_before
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": index_name,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": to_item(values),
+            "ScanIndexForward": not newest_first,
+        }
+        if stored_from or stored_before:
+            request["ExpressionAttributeNames"] = {"#stored": "results_stored_at"}
+        found: list[tuple[str, str]] = []
+        while True:
+            if limit is not None:
+                request["Limit"] = max(1, limit - len(found))
+            try:
+                response = self._client.query(**request)
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageError(f"listing the calls of bot {bot_id} failed: {_aws_error(exc)}") from exc
+            for item in response.get("Items", []):
+                keys = from_item(item)
+                stored_at = str(keys.get("results_stored_at", ""))
+                if stored_before and stored_at >= stored_before:
+                    continue
+                found.append((str(keys["call_id"]), stored_at))
+                if limit is not None and len(found) >= limit:
+                    return found
+            last_key = response.get("LastEvaluatedKey")
+            if not last_key:
+                return found
+            request["ExclusiveStartKey"] = last_key
+
 
 class _BotItemProvider(BaseProvider):
     """Powertools' parameter cache over the Bots table: one read per bot per TTL."""

@@ -1,0 +1,232 @@
+"""Where the CLI reads from: global options over the Lambda's own environment variables.
+
+Every table, bucket and URL is resolved the way the function resolves it
+(``crm_push.config.Settings``), so what the CLI shows is what the function
+would do; the AWS options (endpoint, profile, region) behave as in the AWS CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, NoReturn
+
+from crm_push.adapters.dynamodb import CallsTable, from_item
+from crm_push.adapters.recordings import make_presigner
+from crm_push.config import Settings
+from crm_push.errors import ConfigError
+from crm_push.push import PushDeps, PushRequest, SendOutcome
+from crm_push.recording import Presigner
+
+# Exit statuses, the same for every command (documented in docs/runbook.md).
+EXIT_OK = 0
+EXIT_PROBLEM = 1  # the thing examined has a problem: lint errors, failed replays, an invalid config
+EXIT_USAGE = 2  # the command cannot run: bad arguments, unknown call or bot, unreadable file
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """Stops a command with a message for the operator and an exit status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def fail(message: str, exit_code: int = EXIT_USAGE) -> NoReturn:
+    raise CliError(message, exit_code)
+
+
+@dataclass
+class Context:
+    """The global options, each already defaulted from its environment variable."""
+
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+    calls_table: str | None = None
+    bots_table: str | None = None
+    public_base_url: str | None = None
+    recordings_bucket: str | None = None
+    recordings_endpoint_url: str | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    _session: Any = None
+    _dynamodb: Any = None
+
+    @classmethod
+    def from_options(cls, options: Any, environ: Mapping[str, str] | None = None) -> Context:
+        env = dict(os.environ if environ is None else environ)
+
+        def pick(option: str, variable: str) -> str | None:
+            value = getattr(options, option, None)
+            return value if value else (env.get(variable) or None)
+
+        endpoint_url = pick("endpoint_url", "AWS_ENDPOINT_URL")
+        return cls(
+            endpoint_url=endpoint_url,
+            profile=pick("profile", "AWS_PROFILE"),
+            region=pick("region", "AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            calls_table=pick("calls_table", "CALLS_TABLE"),
+            bots_table=pick("bots_table", "BOTS_TABLE"),
+            public_base_url=pick("public_base_url", "PUBLIC_BASE_URL"),
+            recordings_bucket=pick("recordings_bucket", "RECORDINGS_BUCKET"),
+            # An --endpoint-url covers S3 too, as it does for the function under AWS_ENDPOINT_URL.
+            recordings_endpoint_url=pick("recordings_endpoint_url", "RECORDINGS_ENDPOINT_URL") or endpoint_url,
+            environ=env,
+        )
+
+    # --- AWS ---------------------------------------------------------------------------
+
+    def session(self) -> Any:
+        if self._session is None:
+            import boto3
+            from botocore.exceptions import ProfileNotFound
+
+            try:
+                self._session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+            except ProfileNotFound as exc:
+                fail(f"AWS profile {self.profile!r} is not configured ({exc})")
+        return self._session
+
+    def dynamodb(self) -> Any:
+        if self._dynamodb is None:
+            from botocore.config import Config
+            from botocore.exceptions import NoRegionError
+
+            try:
+                self._dynamodb = self.session().client(
+                    "dynamodb",
+                    endpoint_url=self.endpoint_url,
+                    config=Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=10),
+                )
+            except NoRegionError:
+                fail("no AWS region: pass --region or set AWS_REGION")
+        return self._dynamodb
+
+    def calls(self) -> CallsTable:
+        if not self.calls_table:
+            fail("no Calls table: pass --calls-table or set CALLS_TABLE")
+        return CallsTable(self.dynamodb(), self.calls_table)
+
+    def bot_item(self, bot_id: str) -> dict[str, Any] | None:
+        """The raw Bots-table item: lint needs the config as written, even when it is invalid."""
+        if not self.bots_table:
+            fail("no Bots table: pass --bots-table or set BOTS_TABLE")
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.dynamodb().get_item(
+                TableName=self.bots_table, Key={"bot_id": {"S": bot_id}}, ConsistentRead=True
+            )
+        except (ClientError, BotoCoreError) as exc:
+            fail(f"reading bot {bot_id} from {self.bots_table} failed: {exc}", EXIT_PROBLEM)
+        item = response.get("Item")
+        return from_item(item) if item else None
+
+    def presigner(self) -> Presigner:
+        return make_presigner(
+            self.recordings_endpoint_url, self.settings_values().recording_url_ttl_seconds, session=self.session()
+        )
+
+    def settings_values(self) -> Settings:
+        """The function's Settings, with the tables and URLs as resolved here."""
+        overrides = {
+            "CALLS_TABLE": self.calls_table or "-",  # not every command needs the tables
+            "BOTS_TABLE": self.bots_table or "-",
+            "PUBLIC_BASE_URL": self.public_base_url or "",
+            "RECORDINGS_BUCKET": self.recordings_bucket or "",
+            "RECORDINGS_ENDPOINT_URL": self.recordings_endpoint_url or "",
+        }
+        try:
+            return Settings.from_env({**self.environ, **overrides})
+        except ConfigError as exc:
+            fail(str(exc))
+
+    def preview_deps(self) -> PushDeps:
+        """Deps that can render a push but can neither send it nor write anything."""
+        settings = self.settings_values()
+        return PushDeps(
+            calls=_NoCallStore(),
+            bots=_NoBotDirectory(),
+            crm=_NeverSend(),
+            presign=self.presigner(),
+            public_base_url=settings.public_base_url,
+            recordings_bucket=settings.recordings_bucket,
+        )
+
+    def push_deps(self) -> PushDeps:
+        """The function's own adapters, for a replay that really sends."""
+        from crm_push.wiring import build_deps
+
+        self.calls()  # the table names are required from here on: say so before anything runs
+        if not self.bots_table:
+            fail("no Bots table: pass --bots-table or set BOTS_TABLE")
+        settings = self.settings_values()
+        deps = build_deps(settings, session=self.session(), dynamodb_client=self.dynamodb())
+        # build_deps presigns with RECORDINGS_ENDPOINT_URL only; keep --endpoint-url for S3 as well.
+        return replace(deps, presign=self.presigner())
+
+
+class _NoCallStore:
+    def get_call(self, call_id: str) -> dict[str, Any] | None:
+        raise AssertionError("preview must not read calls through the push")
+
+    def claim(self, call_id: str, claim_id: str, now: Any, lease_seconds: int, force: bool = False) -> dict[str, Any]:
+        raise AssertionError("preview must not claim a call")
+
+    def record_result(self, call_id: str, claim_id: str, result: dict[str, Any], event: dict[str, Any]) -> bool:
+        raise AssertionError("preview must not write a result")
+
+
+class _NoBotDirectory:
+    def get_bot(self, bot_id: str) -> Any:
+        raise AssertionError("preview reads the bot itself")
+
+
+class _NeverSend:
+    def send(self, request: PushRequest, deadline: float | None = None) -> SendOutcome:
+        raise AssertionError("preview must not send")
+
+
+# --- plain JSON files ------------------------------------------------------------------
+
+
+def load_json_file(path: str, what: str) -> Any:
+    """A JSON file with every number as Decimal, as DynamoDB hands numbers over."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read {what} file {path}: {exc.strerror or exc}")
+    try:
+        return json.loads(text, parse_float=Decimal, parse_int=Decimal)
+    except json.JSONDecodeError as exc:
+        fail(f"{what} file {path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}")
+
+
+def load_call_file(path: str) -> dict[str, Any]:
+    call = load_json_file(path, "call")
+    if not isinstance(call, dict):
+        fail(f"call file {path} must hold one JSON object (a call item), not {_json_kind(call)}")
+    return call
+
+
+def load_bot_file(path: str) -> dict[str, Any]:
+    """A bot item like events/sample_bot.json; a bare ``post_call_push`` map is accepted too."""
+    bot = load_json_file(path, "bot")
+    if not isinstance(bot, dict):
+        fail(f"bot file {path} must hold one JSON object (a bot item), not {_json_kind(bot)}")
+    if "post_call_push" not in bot and ("key_mapper" in bot or "url" in bot):
+        bot = {"bot_id": Path(path).stem, "post_call_push": bot}
+    return bot
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return "a number" if isinstance(value, Decimal) else type(value).__name__

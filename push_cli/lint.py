@@ -1,0 +1,524 @@
+"""``lint``: a bot's ``post_call_push`` config checked before it costs a customer a push.
+
+Pure functions over the bot item as written (not the validated model, so an
+invalid config is still linted), a few sample calls, and an optional JSON
+Schema of the CRM payload. Errors make the command exit non-zero, so it can
+gate a config change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+
+from crm_push.config import BotConfig, load_bot_config
+from crm_push.errors import ConfigError
+from crm_push.templates import PLACEHOLDER, compile_key_mapper, compile_template, lookup_candidates
+from crm_push.variables import NAMESPACES, build_push_variables
+from push_cli.display import json_type, print_json, row, table, truncate
+
+Severity = Literal["error", "warning"]
+
+# The namespaces whose names are fixed by the contract, whatever the call holds.
+_FIXED_NAMESPACES = ("result", "system")
+_DATA_NAMESPACES = ("call", "crm", "analysis", "qc")
+_SINGLE_BRACE = re.compile(r"(?<!\{)\{\s*([A-Za-z_][\w.\-]*)\s*\}(?!\})")
+# A template always renders a string (contract §7): only these JSON types can come out of one.
+_TEMPLATE_TYPES = frozenset({"string", "object", "array"})
+_STRUCTURAL = frozenset(
+    {
+        "required",
+        "additionalProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "dependencies",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    severity: Severity
+    where: str
+    problem: str
+    suggestion: str = ""
+
+
+@dataclass
+class LintReport:
+    bot_id: str
+    findings: list[Finding] = field(default_factory=list)
+    templates: int = 0
+    placeholders: int = 0
+    samples: int = 0
+    schema_checked: bool = False
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for f in self.findings if f.severity == "error")
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for f in self.findings if f.severity == "warning")
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "errors": self.errors, "warnings": self.warnings}
+
+
+# --- braces -------------------------------------------------------------------------------
+
+
+def brace_findings(template: str) -> list[tuple[Severity, str]]:
+    """Braces the renderer does not read as a placeholder: they reach the CRM as written."""
+    problems: list[tuple[Severity, str]] = []
+    leftover_parts: list[str] = []
+    position = 0
+    for match in PLACEHOLDER.finditer(template):
+        leftover_parts.append(template[position : match.start()])
+        position = match.end()
+        if not match.group(1).strip():
+            problems.append(("error", f"empty placeholder {match.group(0)} names nothing and is sent literally"))
+            continue
+        before = template[match.start() - 1 : match.start()]
+        after = template[match.end() : match.end() + 1]
+        if before == "{" and after == "}":
+            problems.append(
+                ("warning", f"triple braces around {match.group(0)}: the CRM gets the value wrapped in single braces")
+            )
+        leftover_parts.append(" ")  # a placeholder separates what is around it
+    leftover_parts.append(template[position:])
+    leftover = "".join(leftover_parts)
+    for token in ("{{", "}}"):
+        index = leftover.find(token)
+        if index >= 0:
+            snippet = leftover[max(0, index - 12) : index + 14].strip()
+            problems.append(("error", f"unbalanced braces near {snippet!r}: not a placeholder, sent literally"))
+            break
+    else:
+        if leftover.count("{") != leftover.count("}") and not _json_text(template):
+            problems.append(("warning", "unbalanced single braces: if a placeholder was meant, write {{ name }}"))
+    for match in _SINGLE_BRACE.finditer(leftover):
+        problems.append(("warning", f"{match.group(0)} has single braces: did you mean {{{{{match.group(1)}}}}}?"))
+    return problems
+
+
+def brace_problems(template: str) -> list[str]:
+    return [message for _, message in brace_findings(template)]
+
+
+def _json_text(template: str) -> bool:
+    return template.lstrip()[:1] in ("{", "[")
+
+
+# --- names ---------------------------------------------------------------------------------
+
+
+def edit_distance(a: str, b: str, limit: int = 3) -> int:
+    """Levenshtein distance, giving up (returning ``limit + 1``) once it exceeds ``limit``."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        if min(current) > limit:
+            return limit + 1
+        previous = current
+    return previous[-1]
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
+def suggest_name(key: str, known: Iterable[str]) -> str | None:
+    """The known variable an unresolvable ``{{key}}`` most likely meant, or None.
+
+    Tried in order: the same name in another case; the same name without
+    ``_``/``-``/spaces; the same field in another namespace; a name at most
+    two edits away (one for short names).
+    """
+    names = sorted(set(known))
+    head, dot, rest = key.partition(".")
+    namespaced = bool(dot) and head in NAMESPACES
+    field_name = rest if namespaced else key
+
+    def field_of(name: str) -> str:
+        return name.partition(".")[2]
+
+    def same_namespace_first(matches: list[str]) -> str | None:
+        if not matches:
+            return None
+        preferred = [m for m in matches if namespaced and m.startswith(head + ".")]
+        return (preferred or matches)[0]
+
+    for compare in (str.lower, _squash):
+        target = compare(key) if namespaced else compare(field_name)
+        found = [n for n in names if (compare(n) if namespaced else compare(field_of(n))) == target and n != key]
+        if found:
+            return same_namespace_first(found)
+    elsewhere = [n for n in names if field_of(n) == field_name and n != key]
+    if elsewhere:
+        return same_namespace_first(elsewhere)
+    allowed = 1 if len(field_name) < 6 else 2
+    scored = sorted((edit_distance(_squash(field_name), _squash(field_of(n)), allowed), n) for n in names if n != key)
+    if scored and scored[0][0] <= allowed:
+        best = [n for d, n in scored if d == scored[0][0]]
+        return same_namespace_first(best)
+    return None
+
+
+def suggest_namespace(head: str) -> str | None:
+    scored = sorted((edit_distance(head.lower(), ns, 2), ns) for ns in NAMESPACES)
+    return scored[0][1] if scored[0][0] <= 2 else None
+
+
+def static_variables(bot: BotConfig) -> dict[str, Any]:
+    """The variables every call has, whatever it holds: result/system, seeded analysis and qc keys."""
+    return build_push_variables({}, {"analysis_keys": list(bot.analysis_keys)}, bot.timezone)
+
+
+def sample_variables(calls: Sequence[Mapping[str, Any]], bot: BotConfig) -> list[dict[str, Any]]:
+    """The variables of each sample call, built by the function's own ``build_push_variables``."""
+    return [
+        build_push_variables(call, {"recording_url": "", "analysis_keys": list(bot.analysis_keys)}, bot.timezone)
+        for call in calls
+    ]
+
+
+# --- the lint ---------------------------------------------------------------------------------
+
+
+def lint_bot(
+    item: Mapping[str, Any],
+    bot_id: str,
+    *,
+    sample_calls: Sequence[Mapping[str, Any]] = (),
+    schema: Mapping[str, Any] | None = None,
+) -> LintReport:
+    report = LintReport(bot_id=bot_id, samples=len(sample_calls))
+    report.findings.extend(_config_findings(item, bot_id))
+    raw = item.get("post_call_push")
+    if not isinstance(raw, Mapping):
+        return report
+    bot = load_bot_config(item, bot_id)
+    key_mapper = raw.get("key_mapper")
+    raw_headers = raw.get("headers")
+    headers: Mapping[str, Any] = raw_headers if isinstance(raw_headers, Mapping) else {}
+    templates = list(_templates(key_mapper, "key_mapper")) if isinstance(key_mapper, Mapping) else []
+    templates += [(f"headers.{name}", value) for name, value in headers.items() if isinstance(value, str)]
+    report.templates = len(templates)
+
+    static = static_variables(bot)
+    samples = sample_variables(sample_calls, bot)
+    known = set(static).union(*samples) if samples else set(static)
+    unchecked: list[str] = []
+    for where, template in templates:
+        for severity, message in brace_findings(template):
+            report.findings.append(Finding(severity, where, message, _brace_fix(message)))
+        for placeholder in compile_template(template).placeholders:
+            report.placeholders += 1
+            finding = _placeholder_finding(where, placeholder.key, placeholder.source, static, samples, known, bot)
+            if finding is None:
+                continue
+            if finding == "unchecked":
+                unchecked.append(placeholder.source)
+            else:
+                report.findings.append(finding)
+    if unchecked:
+        report.findings.append(
+            Finding(
+                "warning",
+                "samples",
+                f"{len(unchecked)} placeholder(s) depend on call data and no sample call was read: "
+                + ", ".join(sorted(set(unchecked))[:6]),
+                "run with --bot-id (reads recent calls) or --call-file to check them",
+            )
+        )
+    if schema is not None and isinstance(key_mapper, Mapping):
+        report.schema_checked = True
+        report.findings.extend(schema_findings(schema, key_mapper, static, samples))
+    return report
+
+
+def _config_findings(item: Mapping[str, Any], bot_id: str) -> Iterator[Finding]:
+    raw = item.get("post_call_push")
+    if raw is None:
+        yield Finding(
+            "error",
+            "post_call_push",
+            "the bot has no post_call_push config: its calls are never pushed",
+            "add a post_call_push map with url, method, token or headers, and key_mapper",
+        )
+        return
+    bot = load_bot_config(item, bot_id)
+    if bot.push_error:
+        yield Finding(
+            "error",
+            "post_call_push",
+            _without_bot_prefix(bot.push_error, bot_id),
+            "every push of this bot is recorded as failed until this is fixed",
+        )
+    if not isinstance(raw, Mapping):
+        return
+    if not raw.get("url"):
+        yield Finding("warning", "post_call_push.url", "no url: every push is recorded as skipped, nothing is sent")
+    elif isinstance(raw.get("url"), str) and raw["url"].strip().lower().startswith("http://"):
+        yield Finding(
+            "warning",
+            "post_call_push.url",
+            "plain http: the token and customer data travel unencrypted",
+            "use the CRM's https URL",
+        )
+    if raw.get("token") and raw.get("headers"):
+        yield Finding(
+            "warning",
+            "post_call_push.token",
+            "token is ignored because headers is set (contract §8)",
+            "put the Authorization header in headers, or drop headers",
+        )
+    key_mapper = raw.get("key_mapper")
+    if isinstance(key_mapper, Mapping) and not key_mapper:
+        yield Finding("warning", "post_call_push.key_mapper", "key_mapper is empty: the CRM gets {}")
+    timezone = item.get("timezone")
+    if isinstance(timezone, str) and timezone:
+        try:
+            ZoneInfo(timezone)
+        except (ValueError, KeyError, OSError):
+            yield Finding(
+                "warning",
+                "timezone",
+                f"unknown timezone {timezone!r}: call times are sent in UTC",
+                "use an IANA name such as Asia/Kolkata",
+            )
+
+
+def _without_bot_prefix(message: str, bot_id: str) -> str:
+    prefix = f"bot {bot_id}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _templates(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, str):
+        yield path, node
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _templates(value, f"{path}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            yield from _templates(value, f"{path}[{index}]")
+
+
+def _brace_fix(message: str) -> str:
+    if message.startswith("empty placeholder"):
+        return "name a variable, e.g. {{crm.CUSTOMERNAME}}, or remove the braces"
+    if message.startswith("unbalanced braces"):
+        return "write every placeholder as {{ namespace.field }}"
+    return ""
+
+
+def _resolves(key: str, variables: Mapping[str, Any]) -> str | None:
+    return next((name for name in lookup_candidates(key) if name in variables), None)
+
+
+def _placeholder_finding(
+    where: str,
+    key: str,
+    source: str,
+    static: Mapping[str, Any],
+    samples: Sequence[Mapping[str, Any]],
+    known: set[str],
+    bot: BotConfig,
+) -> Finding | Literal["unchecked"] | None:
+    head, dot, _ = key.partition(".")
+    namespaced = bool(dot) and head in NAMESPACES
+    if _resolves(key, static) is not None and (not namespaced or key in static or head in _FIXED_NAMESPACES):
+        return None  # every call has it (result.*, system.*, seeded keys)
+
+    if samples:
+        used = [_resolves(key, variables) for variables in samples]
+        hits = sum(1 for name in used if name is not None)
+        if hits == len(samples):
+            via = Counter(name for name in used if name != key)
+            if namespaced and via and key not in known:
+                other = via.most_common(1)[0][0]
+                return Finding(
+                    "warning",
+                    where,
+                    f"{source} is not in {head}.*; it resolves from {other} by the suffix fallback",
+                    f"write {{{{{other}}}}} to say so",
+                )
+            return None
+        if hits:
+            return Finding(
+                "warning",
+                where,
+                f'{source} resolved in {hits} of {len(samples)} sampled calls; the others get ""',
+                "check the calls that lack it",
+            )
+        return _never_resolves(where, key, source, head, namespaced, known, f"in the {len(samples)} sampled calls")
+
+    transfer = namespaced and head in _FIXED_NAMESPACES and key.partition(".")[2].startswith("transfer_")
+    if not dot or transfer or (namespaced and head in _DATA_NAMESPACES):
+        if namespaced and head == "analysis" and bot.analysis_keys:
+            suggestion = suggest_name(key, [f"analysis.{k}" for k in bot.analysis_keys])
+            if suggestion:
+                return Finding(
+                    "error",
+                    where,
+                    f"{source} is not one of the bot's analysis_keys",
+                    f"did you mean {{{{{suggestion}}}}}?",
+                )
+        return "unchecked"
+    return _never_resolves(where, key, source, head, namespaced, known, "for any call")
+
+
+def _never_resolves(
+    where: str, key: str, source: str, head: str, namespaced: bool, known: set[str], scope: str
+) -> Finding:
+    suggestion = suggest_name(key, known)
+    hint = f"did you mean {{{{{suggestion}}}}}?" if suggestion else ""
+    if "." in key and not namespaced and suggestion is None:
+        near = suggest_namespace(head)
+        namespaces = ", ".join(NAMESPACES)
+        return Finding(
+            "error",
+            where,
+            f"{source}: {head!r} is not a namespace ({namespaces}) and {key!r} resolves from nothing {scope}",
+            f"did you mean {near}.{key.partition('.')[2]}?" if near else "",
+        )
+    return Finding("error", where, f'{source} resolves from nothing {scope}: always sent as ""', hint)
+
+
+# --- JSON Schema ---------------------------------------------------------------------------------
+
+
+def check_schema(schema: Any) -> Any:
+    """The validator class for ``schema``; ConfigError in plain words when the schema itself is broken."""
+    from jsonschema import SchemaError
+    from jsonschema.validators import validator_for
+
+    if not isinstance(schema, Mapping):
+        raise ConfigError("the schema must be a JSON object")
+    validator_class = validator_for(schema)
+    try:
+        validator_class.check_schema(schema)
+    except SchemaError as exc:
+        raise ConfigError(f"the schema is not a valid JSON Schema: {truncate(exc.message, 200)}") from exc
+    return validator_class
+
+
+def schema_findings(
+    schema: Mapping[str, Any],
+    key_mapper: Mapping[str, Any],
+    static: Mapping[str, Any],
+    samples: Sequence[Mapping[str, Any]],
+) -> list[Finding]:
+    """What the CRM's schema would reject in the payloads this key_mapper renders.
+
+    With sample calls every rejection counts. Without, the payload is
+    rendered against the variables every call has, so only what no call
+    data can change is reported: missing or extra keys, literals, and types
+    a template can never produce (it always renders a string).
+    """
+    validator = check_schema(schema)(schema)
+    mapper = compile_key_mapper(key_mapper)
+    payloads = [mapper.render(variables) for variables in samples] or [mapper.render(static)]
+    seen: Counter[tuple[str, str]] = Counter()
+    for payload in payloads:
+        for error in validator.iter_errors(_plain(payload)):
+            path = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
+            path = path.replace(".[", "[")
+            if not samples and not _independent_of_data(error, key_mapper):
+                continue
+            seen[(path, _schema_message(error))] += 1
+    findings = []
+    for (path, message), count in seen.items():
+        scope = f" (in {count} of {len(samples)} sampled calls)" if samples else ""
+        findings.append(
+            Finding(
+                "error",
+                f"key_mapper.{path}" if path else "key_mapper",
+                message + scope,
+                "change the key_mapper, or agree the schema with the CRM",
+            )
+        )
+    return findings
+
+
+def _plain(payload: Any) -> Any:
+    from crm_push.jsonvalues import to_plain
+
+    return to_plain(payload)
+
+
+def _leaf(key_mapper: Mapping[str, Any], path: Sequence[Any]) -> Any:
+    node: Any = key_mapper
+    for part in path:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _independent_of_data(error: Any, key_mapper: Mapping[str, Any]) -> bool:
+    if error.validator in _STRUCTURAL:
+        return True
+    leaf = _leaf(key_mapper, list(error.absolute_path))
+    if leaf is not None and not isinstance(leaf, (str, Mapping, list)):
+        return True  # a literal: the CRM gets it as written for every call
+    if error.validator == "type" and isinstance(leaf, str):
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return not _TEMPLATE_TYPES.intersection(wanted)
+    return False
+
+
+def _schema_message(error: Any) -> str:
+    if error.validator == "type":
+        wanted = error.validator_value
+        wanted_text = " or ".join(wanted) if isinstance(wanted, list) else str(wanted)
+        why = (
+            " (a template always renders a string)"
+            if not _TEMPLATE_TYPES.intersection(wanted if isinstance(wanted, list) else [wanted])
+            else ""
+        )
+        return f"sent as {json_type(error.instance)}, the schema wants {wanted_text}{why}"
+    if error.validator == "required":
+        missing = re.findall(r"'([^']*)' is a required property", error.message)
+        name = missing[0] if missing else truncate(error.message, 80)
+        return f"the schema requires {name!r}, which the key_mapper does not send"
+    if error.validator == "enum":
+        return f"{truncate(str(error.instance), 40)!r} is not one of {truncate(str(error.validator_value), 80)}"
+    return truncate(error.message, 160)
+
+
+# --- showing -------------------------------------------------------------------------------------
+
+
+def render_lint(console: Console, report: LintReport, *, as_json: bool) -> None:
+    if as_json:
+        print_json(console, report.as_json())
+        return
+    if report.findings:
+        grid = table(f"Lint of bot {report.bot_id}", "severity", "where", "problem", "suggestion")
+        order = {"error": 0, "warning": 1}
+        for finding in sorted(report.findings, key=lambda f: order[f.severity]):
+            row(grid, finding.severity.upper(), finding.where, finding.problem, finding.suggestion)
+        console.print(grid)
+    against = f"{report.samples} sample call(s)" if report.samples else "no sample calls"
+    schema = ", the CRM schema" if report.schema_checked else ""
+    verdict = "FAILED" if report.errors else "passed"
+    console.print(
+        f"lint {verdict}: {report.errors} error(s), {report.warnings} warning(s) - "
+        f"{report.templates} template(s), {report.placeholders} placeholder(s), checked against {against}{schema}"
+    )

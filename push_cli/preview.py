@@ -1,0 +1,477 @@
+"""``preview``: the exact request a push would send, and why each field holds what it holds.
+
+Built on the core's own ``prepare_push``: the preview is the request the
+function would send, not a re-implementation of it. Nothing is sent and
+nothing is written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.console import Console
+
+from crm_push.config import BotConfig
+from crm_push.errors import ConfigError
+from crm_push.jsonvalues import to_json, to_text
+from crm_push.push import PushDeps, prepare_push
+from crm_push.recording import parse_recording_location
+from crm_push.templates import Placeholder, Resolution, compile_template, explain_placeholder
+from crm_push.variables import QC_SEEDED_KEYS
+from push_cli.display import (
+    VALUE_WIDTH,
+    Redactor,
+    json_type,
+    mask_secret,
+    print_json,
+    row,
+    shorten_strings,
+    shown,
+    table,
+)
+from push_cli.lint import brace_problems
+
+
+@dataclass
+class PlaceholderUse:
+    """One ``{{...}}`` of a field: which variable filled it, by which rule, with what."""
+
+    placeholder: str
+    how: str
+    variable: str | None
+    value: str  # the text substituted (redacted, truncated)
+
+
+@dataclass
+class FieldExplanation:
+    path: str
+    template: str  # the key_mapper value as written (redacted, truncated)
+    placeholders: list[PlaceholderUse]
+    sent: str  # the final value (redacted, truncated)
+    sent_as: str  # its JSON type after coerce_json_like
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HeaderLine:
+    name: str
+    value: str  # masked when it can hold a credential
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecordingCheck:
+    mode: str
+    how: str
+    link: str
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Preview:
+    call_id: str
+    bot_id: str
+    would_send: bool
+    reason: str = ""  # why nothing would be sent
+    method: str = ""
+    url: str = ""
+    headers: list[HeaderLine] = field(default_factory=list)
+    fields: list[FieldExplanation] = field(default_factory=list)
+    body: Any = None  # POST: the JSON body (long strings shortened unless --full)
+    body_bytes: int = 0
+    query: list[tuple[str, str]] = field(default_factory=list)  # GET: the parameters added to the URL
+    recording: RecordingCheck | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- explaining -------------------------------------------------------------------------
+
+
+def build_preview(
+    call_doc: Mapping[str, Any],
+    bot: BotConfig,
+    deps: PushDeps,
+    *,
+    width: int | None = VALUE_WIDTH,
+    recording_ttl_seconds: int = 604800,
+    check_recording: Any = None,
+) -> Preview:
+    """Everything the push would do for this call and bot, short of sending.
+
+    ``check_recording`` is an optional ``(bucket, key) -> str | None`` that
+    says what is wrong with a stored recording object (None when it is fine).
+    """
+    call_id = str(call_doc.get("call_id", ""))
+    preview = Preview(call_id=call_id, bot_id=bot.bot_id, would_send=False)
+    config = bot.push
+    if call_doc.get("skip_post_push") is True:
+        preview.warnings.append(
+            "the call is flagged skip_post_push: the function never pushes it; only a replay with --force does"
+        )
+    if not bot.has_push_config:
+        preview.reason = f"bot {bot.bot_id} has no post_call_push config: the function leaves its calls untouched"
+        return preview
+    if config is None:
+        preview.reason = bot.push_error or "invalid post_call_push config"
+        return preview
+    if not config.url:
+        preview.reason = "post_call_push has no url: the push would be recorded as skipped"
+        return preview
+
+    redactor = Redactor(_secrets_of(call_doc, bot))
+    try:
+        prepared = prepare_push(call_doc, bot, deps)
+    except ConfigError as exc:
+        preview.reason = f"the push would fail and be recorded as failed: {exc}"
+        return preview
+
+    request = prepared.request
+    preview.would_send = True
+    preview.method = request.method
+    preview.url = request.recorded_url
+    preview.headers = _header_lines(request.headers, bot, prepared.variables)
+    preview.fields = list(
+        _explain_fields(config.key_mapper, prepared.payload, prepared.variables, call_doc, bot, redactor, width)
+    )
+    if request.method == "GET":
+        preview.query = [
+            (key, shown(to_json(v) if isinstance(v, (dict, list)) else to_text(v), redactor, width))
+            for key, v in prepared.payload.items()
+        ]
+    else:
+        preview.body = shorten_strings(redactor.value(json.loads(request.body or b"{}")), width)
+        preview.body_bytes = len(request.body or b"")
+    preview.recording = _recording_check(
+        call_doc, deps, prepared.recording_link, redactor, recording_ttl_seconds, check_recording
+    )
+    preview.warnings.extend(_warnings(preview, config.key_mapper))
+    return preview
+
+
+def _secrets_of(call_doc: Mapping[str, Any], bot: BotConfig) -> list[str]:
+    secrets = [str(call_doc.get("recording_access_token") or "")]
+    if bot.push is not None:
+        secrets.append(bot.push.token or "")
+        secrets.extend((bot.push.headers or {}).values())
+    return secrets
+
+
+def _how(
+    placeholder: Placeholder, variables: Mapping[str, Any], call_doc: Mapping[str, Any], bot: BotConfig
+) -> tuple[str, str | None]:
+    """The core's rule, with "pre-seeded" kept for the seeded keys the call really lacks.
+
+    ``explain_placeholder`` calls any exact ``""`` pre-seeded; an empty
+    ``result.transfer_target`` was sent as stored, and an operator must not
+    be sent looking for an analysis key that is not involved.
+    """
+    resolution, name = explain_placeholder(placeholder, variables)
+    if resolution is Resolution.PRESEEDED and name is not None:
+        namespace, _, key = name.partition(".")
+        analysis = _mapping(call_doc.get("analysis"))
+        qc = _mapping(call_doc.get("qc"))
+        seeded = (namespace == "analysis" and key in bot.analysis_keys and key not in analysis) or (
+            namespace == "qc" and key in QC_SEEDED_KEYS and key not in qc
+        )
+        if not seeded:
+            resolution = Resolution.EXACT
+    return str(resolution), name
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _explain_fields(
+    key_mapper: Mapping[str, Any],
+    payload: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    call_doc: Mapping[str, Any],
+    bot: BotConfig,
+    redactor: Redactor,
+    width: int | None,
+) -> Iterator[FieldExplanation]:
+    def walk(raw: Any, sent: Any, path: str) -> Iterator[FieldExplanation]:
+        if isinstance(raw, Mapping):
+            for key, value in raw.items():
+                yield from walk(value, sent.get(str(key)) if isinstance(sent, Mapping) else None, f"{path}.{key}")
+            return
+        if isinstance(raw, (list, tuple)):
+            for index, value in enumerate(raw):
+                yield from walk(value, sent[index] if isinstance(sent, list) else None, f"{path}[{index}]")
+            return
+        if not isinstance(raw, str):
+            yield FieldExplanation(
+                path,
+                shown(raw, redactor, width),
+                [],
+                shown(sent, redactor, width),
+                json_type(sent),
+                [],
+            )
+            return
+        template = compile_template(raw)
+        uses: list[PlaceholderUse] = []
+        notes: list[str] = []
+        for placeholder in template.placeholders:
+            how, name = _how(placeholder, variables, call_doc, bot)
+            value = to_text(variables[name]) if name is not None else ""
+            uses.append(PlaceholderUse(placeholder.source, how, name, shown(value, redactor, width)))
+            if name is None:
+                notes.append(f'{placeholder.source} resolved from nothing: sent as ""')
+        template_braces = brace_problems(raw)
+        notes.extend(template_braces)
+        if not template_braces and isinstance(sent, str) and ("{{" in sent or "}}" in sent):
+            holders = [u.placeholder for u in uses if "{{" in u.value or "}}" in u.value]
+            notes.append(
+                f"the value of {holders[0] if holders else 'a placeholder'} itself contains braces: "
+                "fix the stored value, not the template"
+            )
+        if not template_braces:  # braces the renderer left alone are the story; "not JSON" would only repeat it
+            notes.extend(_why_string(raw, template.placeholders, variables, sent))
+        yield FieldExplanation(
+            path, shown(raw, redactor, width), uses, shown(sent, redactor, width), json_type(sent), notes
+        )
+
+    for key, raw in key_mapper.items():
+        yield from walk(raw, payload.get(str(key)), str(key))
+
+
+def _why_string(raw: str, placeholders: tuple[Placeholder, ...], variables: Mapping[str, Any], sent: Any) -> list[str]:
+    """Why a field that looks like it should be an object went out as a string."""
+    if not isinstance(sent, str):
+        return []
+    notes = []
+    values = {p.source: variables.get(explain_placeholder(p, variables)[1] or "", None) for p in placeholders}
+    structured = [source for source, value in values.items() if isinstance(value, (Mapping, list))]
+    if structured and sent.strip()[:1] not in ("{", "["):
+        notes.append(
+            f"text around {structured[0]} makes the whole field a string; "
+            "put the placeholder alone in the template to send an object"
+        )
+    if sent[:1] in ("{", "["):
+        try:
+            json.loads(sent)
+        except json.JSONDecodeError as exc:
+            notes.append(
+                f"starts like JSON but is not valid JSON ({exc.msg} at char {exc.pos}), so it is sent "
+                "as a string; fix the stored value or the template"
+            )
+    elif any(isinstance(v, str) and v.lstrip()[:1] in ("{", "[") for v in values.values()) and raw.strip() != sent:
+        notes.append("a placeholder's value is JSON text, but other text in the template keeps it a string")
+    return notes
+
+
+def _header_lines(headers: Mapping[str, str], bot: BotConfig, variables: Mapping[str, Any]) -> list[HeaderLine]:
+    config = bot.push
+    configured = dict(config.headers or {}) if config else {}
+    lines = []
+    for name, value in headers.items():
+        if name in configured:
+            notes = [
+                f"{p.source} resolved from nothing: the header is sent without it"
+                for p in compile_template(configured[name]).placeholders
+                if explain_placeholder(p, variables)[0] is Resolution.UNRESOLVED
+            ]
+            lines.append(HeaderLine(name, mask_secret(value) if value else '""', "headers in config", notes))
+        elif name == "Authorization" and config is not None and config.token:
+            lines.append(HeaderLine(name, mask_secret(value), "token in config"))
+        else:
+            lines.append(HeaderLine(name, value, "always sent"))
+    return lines
+
+
+def _recording_check(
+    call_doc: Mapping[str, Any],
+    deps: PushDeps,
+    mode: str,
+    redactor: Redactor,
+    ttl_seconds: int,
+    check_object: Any,
+) -> RecordingCheck:
+    """Which of the contract's three recording rules applied, and what could break the link."""
+    key = call_doc.get("recording_key")
+    token = call_doc.get("recording_access_token")
+    stored = call_doc.get("recording_url")
+    missing = [
+        name
+        for name, present in (
+            ("recording_key", key),
+            ("recording_access_token", token),
+            ("PUBLIC_BASE_URL", deps.public_base_url),
+        )
+        if not present
+    ]
+    if mode == "public_token":
+        base = str(deps.public_base_url).rstrip("/")
+        link = redactor.text(f"{base}/api/v1/public/recordings/{token}")
+        problems = _unreachable_from_crm(base, "PUBLIC_BASE_URL")
+        if base.startswith("http://"):
+            problems.append("PUBLIC_BASE_URL is plain http: many CRMs and browsers refuse to open it")
+        return RecordingCheck(
+            mode, "public proxy link: PUBLIC_BASE_URL + the call's recording_access_token", link, problems
+        )
+
+    why_not_public = f"no public link because {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+    location = parse_recording_location(stored, deps.recordings_bucket) if isinstance(stored, str) else None
+    if mode == "presigned" and location is not None:
+        bucket, object_key = location
+        ttl = str(timedelta(seconds=ttl_seconds))
+        problems = []
+        link = redactor.text(deps.presign(bucket, object_key)) if deps.presign else ""
+        problems.extend(_unreachable_from_crm(link, "the S3 endpoint (RECORDINGS_ENDPOINT_URL)"))
+        if check_object is not None:
+            trouble = check_object(bucket, object_key)
+            if trouble:
+                problems.append(trouble)
+        return RecordingCheck(
+            mode,
+            f"presigned GET of s3://{bucket}/{object_key}, valid {ttl} from the push ({why_not_public})",
+            link,
+            problems,
+        )
+
+    problems = [why_not_public]
+    if not isinstance(stored, str) or not stored:
+        problems.append("the call has no recording_url either")
+    elif location is None:
+        problems.append(
+            f"recording_url {redactor.text(stored)!r} names no bucket and key (a bare key needs RECORDINGS_BUCKET)"
+        )
+    elif deps.presign is not None:
+        try:
+            deps.presign(*location)
+        except Exception as exc:  # the function swallows this; the operator needs to see it
+            problems.append(f"presigning s3://{location[0]}/{location[1]} failed: {type(exc).__name__}: {exc}")
+    return RecordingCheck("none", 'the CRM gets an empty recording URL ("")', "", problems)
+
+
+def _unreachable_from_crm(url: str, what: str) -> list[str]:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith((".local", ".internal")):
+        return [f"{what} is {host}: a CRM outside this network cannot open the link"]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return []
+    if address.is_private or address.is_loopback or address.is_link_local:
+        return [f"{what} is {host}, a private address: a CRM outside this network cannot open the link"]
+    return []
+
+
+def _warnings(preview: Preview, key_mapper: Mapping[str, Any]) -> list[str]:
+    warnings = []
+    unresolved = [u.placeholder for f in preview.fields for u in f.placeholders if u.variable is None]
+    if unresolved:
+        warnings.append(
+            f'{len(unresolved)} placeholder(s) resolved from nothing and are sent as "": ' + ", ".join(unresolved[:8])
+        )
+    literal = [f.path for f in preview.fields if "{{" in f.sent or "}}" in f.sent]
+    if literal:
+        warnings.append("literal braces reach the CRM in: " + ", ".join(literal) + " (runbook check 3)")
+    uses_recording = any(
+        u.variable and u.variable.endswith(".recording_url") for f in preview.fields for u in f.placeholders
+    )
+    if preview.recording is not None:
+        if preview.recording.mode == "none" and uses_recording:
+            warnings.append("the recording field is sent empty: " + "; ".join(preview.recording.problems))
+        elif preview.recording.problems and uses_recording:
+            warnings.append("the recording link may not open: " + "; ".join(preview.recording.problems))
+        if not uses_recording and "recording_url" not in to_json(key_mapper):
+            warnings.append("no key_mapper field uses {{result.recording_url}}: the CRM gets no recording link")
+    return warnings
+
+
+# --- showing -----------------------------------------------------------------------------
+
+
+def render_preview(console: Console, preview: Preview, *, as_json: bool) -> None:
+    if as_json:
+        print_json(console, preview.as_json())
+        return
+    console.print(f"Preview of call {preview.call_id} for bot {preview.bot_id} - nothing sent, nothing written")
+    if not preview.would_send:
+        console.print(f"Nothing would be sent: {preview.reason}")
+        for warning in preview.warnings:
+            console.print(f"  ! {warning}")
+        return
+    console.print(f"\n{preview.method} {preview.url}")
+    headers = table("Headers", "header", "value", "source", "note")
+    for line in preview.headers:
+        row(headers, line.name, line.value, line.source, "; ".join(line.notes))
+    console.print(headers)
+
+    fields = table(
+        "Fields (key_mapper)",
+        "field",
+        "template",
+        "resolved from",
+        "how",
+        "sent as",
+        "value",
+        "note",
+        wrap=("template", "value", "note"),
+    )
+    for explanation in preview.fields:
+        notes = "; ".join(explanation.notes)
+        uses = explanation.placeholders
+        if not uses:
+            row(
+                fields,
+                explanation.path,
+                explanation.template,
+                "-",
+                "literal",
+                explanation.sent_as,
+                explanation.sent,
+                notes,
+            )
+            continue
+        if len(uses) == 1 and explanation.template == uses[0].placeholder:
+            use = uses[0]
+            row(
+                fields,
+                explanation.path,
+                use.placeholder,
+                use.variable or "-",
+                use.how,
+                explanation.sent_as,
+                explanation.sent,
+                notes,
+            )
+            continue
+        # Several placeholders (or text around one): the field, then each placeholder's own part.
+        row(fields, explanation.path, explanation.template, "", "", explanation.sent_as, explanation.sent, notes)
+        for use in uses:
+            row(fields, "", f"  {use.placeholder}", use.variable or "-", use.how, "", use.value, "")
+    console.print(fields)
+
+    if preview.method == "GET":
+        query = table("Query parameters (added to the URL)", "parameter", "value")
+        for key, value in preview.query:
+            row(query, key, value)
+        console.print(query)
+    else:
+        console.print(f"Body ({preview.body_bytes} bytes; long values shortened, --full shows them whole)")
+        console.print(json.dumps(preview.body, indent=2, ensure_ascii=False, default=str))
+
+    if preview.recording is not None:
+        console.print(f"\nRecording link: {preview.recording.mode} - {preview.recording.how}")
+        if preview.recording.link:
+            console.print(f"  {preview.recording.link}")
+        for problem in preview.recording.problems:
+            console.print(f"  ! {problem}")
+    if preview.warnings:
+        console.print("\nWarnings")
+        for warning in preview.warnings:
+            console.print(f"  ! {warning}")

@@ -1,0 +1,642 @@
+"""The operator CLI end to end: moto as AWS, the local CRM server, ``main(argv)`` in-process."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from push_cli.main import Clock, main
+from scripts.local_crm import CrmAnswer
+from tests.conftest import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "Bearer sk_live_sample_token_not_real"
+RECORDING_TOKEN = "rec_4QWJ9n2LxT0aZk7s"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str, clock: Clock | None = None) -> tuple[int, str, str]:
+    code = main(list(argv), clock=clock)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str, clock: Clock | None = None) -> tuple[int, Any]:
+    code, out, err = run(capsys, *argv, "--json", clock=clock)
+    assert out, err
+    return code, json.loads(out)
+
+
+class FakeClock(Clock):
+    """Time that moves only when the replay loop sleeps: a rate limit is checked without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        super().__init__(sleep=self._sleep, monotonic=lambda: self.now)
+
+    def _sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
+def new_call(sample_call: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    call = copy.deepcopy(sample_call)
+    call["call_id"] = f"call-{uuid.uuid4().hex[:12]}"
+    call.update(changes)
+    return call
+
+
+def push_result(status: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "status": status,
+        "http_status": fields.get("http_status"),
+        "response_body": fields.get("response_body", ""),
+        "error": fields.get("error"),
+        "url": "https://crm.example.com/api/v2/call-outcomes",
+        "method": "POST",
+        "pushed_at": "2026-11-01T10:00:05.000Z",
+        "duration_ms": 12,
+        "attempts": 1,
+        "recording_link": fields.get("recording_link", "public_token"),
+    }
+
+
+def with_result(call: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    call["post_call_push_result"] = result
+    call["integration_log"] = [{"type": "post_call_push", **result}]
+    call["events"] = [*call.get("events", []), {"type": "post_call_push", "t": 160, "status": result["status"]}]
+    return call
+
+
+def write_json(path: Path, document: Any) -> str:
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+@pytest.fixture
+def seeded(stack: Stack, sample_call: dict[str, Any], sample_bot: dict[str, Any]) -> dict[str, Any]:
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+    return sample_call
+
+
+# --- preview -------------------------------------------------------------------------------
+
+
+def test_preview_explains_each_field_and_sends_and_writes_nothing(capsys, stack, seeded):
+    code, out, _ = run(capsys, "preview", "--call-id", seeded["call_id"])
+
+    assert code == 0
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "crm.CUSTOMERNAME" in lines["customer_name"]
+    assert "suffix fallback" in lines["customer_name"]
+    assert "pre-seeded" in lines["callback_time"]
+    assert " object " in lines["address"]
+    assert '{"city":"Pune","pin":"411001"}' in lines["address"]
+    assert " string " in lines["emi_amount"]
+    assert "1499" in lines["emi_amount"]
+    assert "Bearer sk_l…(masked)" in out
+    assert TOKEN not in out
+    assert "sk_live_sample_token_not_real" not in out
+    assert RECORDING_TOKEN not in out
+    assert stack.crm.requests == []
+    stored = stack.get_call(seeded["call_id"])
+    assert "post_call_push_result" not in stored
+    assert "post_call_push_claim" not in stored
+    assert stored["integration_log"] == []
+
+
+def test_preview_body_is_what_the_push_then_sends(capsys, stack, seeded):
+    code, preview = run_json(capsys, "preview", "--call-id", seeded["call_id"], "--full")
+    assert code == 0
+
+    code, _, _ = run(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "compare with preview")
+    assert code == 0
+
+    sent = stack.crm.requests[0].json()
+    # The recording link is masked in the preview (it carries the access token); all else is identical.
+    assert sent.pop("recording").endswith(f"/recordings/{RECORDING_TOKEN}")
+    assert preview["body"].pop("recording").endswith("/recordings/rec_…(masked)")
+    assert preview["body"] == sent
+    assert preview["method"] == stack.crm.requests[0].method == "POST"
+
+
+def test_preview_from_files_needs_no_tables(capsys, monkeypatch, tmp_path):
+    for name in ("CALLS_TABLE", "BOTS_TABLE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://api.example.com")
+
+    code, preview = run_json(
+        capsys,
+        "preview",
+        "--call-file",
+        str(ROOT / "events" / "sample_call.json"),
+        "--bot-file",
+        str(ROOT / "events" / "sample_bot.json"),
+    )
+
+    assert code == 0
+    assert preview["url"] == "https://crm.example.com/api/v2/call-outcomes"
+    assert preview["recording"]["mode"] == "public_token"
+    by_path = {f["path"]: f for f in preview["fields"]}
+    assert by_path["attempt"]["sent_as"] == "number"
+    assert by_path["transcript"]["sent_as"] == "array"
+    assert by_path["customer_name"]["placeholders"][0]["how"] == "suffix fallback"
+    everything = json.dumps(preview, ensure_ascii=False)
+    assert "sk_live_sample_token_not_real" not in everything
+    assert RECORDING_TOKEN not in everything
+
+
+def test_preview_says_why_a_field_is_empty_or_a_string(capsys, stack, sample_call, sample_bot):
+    sample_call["crm_data"]["RAW_ADDRESS"] = "{'city': 'Pune'}"  # Python repr: not JSON
+    sample_bot["post_call_push"]["key_mapper"] = {
+        "name": "{{crm.CUSTOMER_NAME}}",
+        "address_line": "addr: {{crm.ADDRESS}}",
+        "raw_address": "{{crm.RAW_ADDRESS}}",
+        "address": "{{crm.ADDRESS}}",
+    }
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+
+    code, preview = run_json(capsys, "preview", "--call-id", sample_call["call_id"])
+
+    assert code == 0
+    fields = {f["path"]: f for f in preview["fields"]}
+    assert fields["name"]["placeholders"][0]["how"] == "unresolved"
+    assert fields["name"]["sent"] == '""'
+    assert fields["address_line"]["sent_as"] == "string"
+    assert any("text around {{crm.ADDRESS}}" in n for n in fields["address_line"]["notes"])
+    assert fields["raw_address"]["sent_as"] == "string"
+    assert any("not valid JSON" in n for n in fields["raw_address"]["notes"])
+    assert fields["address"]["sent_as"] == "object"
+    assert fields["address"]["notes"] == []
+    assert any("{{crm.CUSTOMER_NAME}}" in w for w in preview["warnings"])
+
+
+def test_preview_of_a_get_push_lists_the_query_parameters(capsys, stack, sample_call, sample_bot):
+    sample_bot["post_call_push"]["method"] = "GET"
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+
+    code, preview = run_json(capsys, "preview", "--call-id", sample_call["call_id"])
+
+    assert code == 0
+    assert preview["method"] == "GET"
+    assert preview["body"] is None
+    query = dict(preview["query"])
+    assert query["address"] == '{"city":"Pune","pin":"411001"}'
+    assert query["attempt"] == "1"
+    assert "Content-Type" not in {h["name"] for h in preview["headers"]}
+
+
+def test_preview_flags_literal_braces_from_a_malformed_template(capsys, stack, sample_call, sample_bot):
+    sample_bot["post_call_push"]["key_mapper"] = {"name": "{{ crm.CUSTOMERNAME }", "ok": "{{crm.LOAN_ACCOUNT}}"}
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+
+    code, preview = run_json(capsys, "preview", "--call-id", sample_call["call_id"])
+
+    assert code == 0
+    assert any("literal braces reach the CRM in: name" in w for w in preview["warnings"])
+    name = next(f for f in preview["fields"] if f["path"] == "name")
+    assert any("unbalanced braces" in n for n in name["notes"])
+
+
+def test_preview_of_a_presigned_recording_masks_the_signature_and_checks_the_object(
+    capsys, stack, sample_call, sample_bot
+):
+    del sample_call["recording_access_token"]
+    sample_call["recording_url"] = f"s3://{stack.bucket}/recordings/missing.wav"
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+
+    code, preview = run_json(capsys, "preview", "--call-id", sample_call["call_id"], "--check-recording")
+
+    assert code == 0
+    recording = preview["recording"]
+    assert recording["mode"] == "presigned"
+    assert "recording_access_token is missing" in recording["how"]
+    assert "X-Amz-Signature=***" in recording["link"]
+    assert any("does not exist" in p for p in recording["problems"])
+    assert "X-Amz-Signature=" not in json.dumps(preview).replace("X-Amz-Signature=***", "")
+
+
+def test_preview_of_an_unknown_call_exits_2(capsys, stack):
+    code, out, err = run(capsys, "preview", "--call-id", "call-nope")
+
+    assert code == 2
+    assert "call call-nope is not in the Calls table" in err
+    assert out == ""
+
+
+def test_preview_of_an_unknown_bot_exits_2(capsys, stack, seeded):
+    code, _, err = run(capsys, "preview", "--call-id", seeded["call_id"], "--bot-id", "bot-nope")
+
+    assert code == 2
+    assert "bot bot-nope is not in the Bots table" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "exit_code", "message"),
+    [
+        ('{"bot_id": "b", "post_call_push": {', 2, "is not valid JSON"),
+        ('["not", "a", "bot"]', 2, "must hold one JSON object"),
+        (
+            '{"bot_id": "b", "post_call_push": {"url": "https://crm.example.com", "key_mapper": ["x"]}}',
+            1,
+            "key_mapper: Value error, must be a map",
+        ),
+        ('{"bot_id": "b", "post_call_push": {"url": "https://crm.example.com", "method": "PUT"}}', 1, "method"),
+    ],
+    ids=["bad-json", "not-an-object", "key-mapper-not-a-map", "bad-method"],
+)
+def test_preview_with_an_invalid_bot_file(capsys, tmp_path, content, exit_code, message):
+    bot_file = tmp_path / "bot.json"
+    bot_file.write_text(content)
+
+    code, out, err = run(
+        capsys, "preview", "--call-file", str(ROOT / "events" / "sample_call.json"), "--bot-file", str(bot_file)
+    )
+
+    assert code == exit_code
+    assert message in out + err
+
+
+# --- lint ------------------------------------------------------------------------------------
+
+
+def test_lint_of_the_sample_bot_against_its_recent_calls_passes(capsys, stack, seeded, sample_bot):
+    code, report = run_json(capsys, "lint", "--bot-id", sample_bot["bot_id"])
+
+    assert code == 0
+    assert report["errors"] == 0
+    assert report["samples"] == 1
+    assert report["placeholders"] == 17
+
+
+def test_lint_finds_near_misses_unknown_namespaces_and_bad_braces(capsys, tmp_path, sample_bot):
+    sample_bot["post_call_push"]["key_mapper"] = {
+        "name": "{{crm.CUSTOMER_NAME}}",
+        "campaign": "{{foo.campaign_id}}",
+        "half_open": "{{ crm.LOAN_ACCOUNT }",
+        "empty": "{{}}",
+        "ok": "{{crm.LOAN_ACCOUNT}}",
+    }
+    bot_file = write_json(tmp_path / "bot.json", sample_bot)
+
+    code, report = run_json(
+        capsys, "lint", "--bot-file", bot_file, "--call-file", str(ROOT / "events" / "sample_call.json")
+    )
+
+    assert code == 1
+    by_field = {f["where"]: f for f in report["findings"] if f["severity"] == "error"}
+    assert "did you mean {{crm.CUSTOMERNAME}}" in by_field["key_mapper.name"]["suggestion"]
+    assert "'foo' is not a namespace" in by_field["key_mapper.campaign"]["problem"]
+    assert "unbalanced braces" in by_field["key_mapper.half_open"]["problem"]
+    assert "empty placeholder" in by_field["key_mapper.empty"]["problem"]
+    assert "key_mapper.ok" not in by_field
+
+
+def test_lint_reports_what_the_crm_schema_would_reject(capsys, tmp_path, sample_bot):
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["customer_name", "mobile"],
+        "properties": {
+            "customer_name": {"type": "string", "minLength": 1},
+            "emi_amount": {"type": "number"},
+            "address": {"type": "object"},
+            "attempt": {"type": "string"},
+        },
+    }
+    sample_call = json.loads((ROOT / "events" / "sample_call.json").read_text())
+    sample_call["crm_data"]["ADDRESS"] = "12 MG Road, Pune"  # text, not a map
+    code, report = run_json(
+        capsys,
+        "lint",
+        "--bot-file",
+        write_json(tmp_path / "bot.json", sample_bot),
+        "--call-file",
+        write_json(tmp_path / "call.json", sample_call),
+        "--schema",
+        write_json(tmp_path / "crm.json", schema),
+    )
+
+    assert code == 1
+    problems = {f["where"]: f["problem"] for f in report["findings"] if f["severity"] == "error"}
+    assert "requires 'mobile'" in problems["key_mapper"]
+    assert "sent as string, the schema wants number" in problems["key_mapper.emi_amount"]
+    assert "sent as string, the schema wants object" in problems["key_mapper.address"]
+    assert "sent as number, the schema wants string" in problems["key_mapper.attempt"]
+    assert "key_mapper.customer_name" not in problems
+
+
+def test_lint_schema_without_samples_reports_only_what_no_call_can_change(capsys, tmp_path, sample_bot):
+    schema = {
+        "type": "object",
+        "required": ["mobile"],
+        "properties": {"emi_amount": {"type": "integer"}, "address": {"type": "object"}},
+    }
+    code, report = run_json(
+        capsys,
+        "lint",
+        "--bot-file",
+        write_json(tmp_path / "bot.json", sample_bot),
+        "--schema",
+        write_json(tmp_path / "crm.json", schema),
+    )
+
+    assert code == 1
+    where = {f["where"] for f in report["findings"] if f["severity"] == "error"}
+    assert where == {"key_mapper", "key_mapper.emi_amount"}  # address depends on the call's data
+
+
+def test_lint_refuses_a_broken_schema(capsys, tmp_path, sample_bot):
+    code, _, err = run(
+        capsys,
+        "lint",
+        "--bot-file",
+        write_json(tmp_path / "bot.json", sample_bot),
+        "--schema",
+        write_json(tmp_path / "crm.json", {"type": "objekt"}),
+    )
+
+    assert code == 2
+    assert "not a valid JSON Schema" in err
+
+
+def test_lint_of_an_invalid_config_says_what_is_wrong_in_plain_words(capsys, stack, sample_bot):
+    sample_bot["post_call_push"]["method"] = "DELETE"
+    stack.put_bot(sample_bot)
+
+    code, out, _ = run(capsys, "lint", "--bot-id", sample_bot["bot_id"], "--sample", "0")
+
+    assert code == 1
+    assert "ERROR" in out
+    assert "method: Input should be 'POST' or 'GET'" in out
+    assert "lint FAILED: 1 error(s)" in out
+
+
+def test_lint_of_an_unknown_bot_exits_2(capsys, stack):
+    code, _, err = run(capsys, "lint", "--bot-id", "bot-nope")
+
+    assert code == 2
+    assert "bot bot-nope is not in the Bots table" in err
+
+
+def test_lint_gates_on_errors_only(capsys, tmp_path, sample_bot):
+    sample_bot["post_call_push"]["url"] = "http://crm.example.com/outcomes"  # a warning
+    code, out, _ = run(capsys, "lint", "--bot-file", write_json(tmp_path / "bot.json", sample_bot))
+
+    assert code == 0
+    assert "plain http" in out
+    assert "lint passed: 0 error(s)" in out
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+def test_replay_dry_run_sends_and_writes_nothing(capsys, stack, seeded):
+    code, out, _ = run(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "check", "--dry-run")
+
+    assert code == 0
+    assert "Dry run - nothing sent, nothing written. 1 call(s) would be replayed" in out
+    assert stack.crm.requests == []
+    assert "post_call_push_result" not in stack.get_call(seeded["call_id"])
+
+
+def test_replay_sends_once_and_records_who_and_why(capsys, stack, seeded):
+    code, _, _ = run(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "INC-42 CRM down", "--by", "asha")
+
+    assert code == 0
+    assert len(stack.crm.requests) == 1
+    stored = stack.get_call(seeded["call_id"])
+    assert stored["post_call_push_result"]["status"] == "ok"
+    assert stored["integration_log"][-1]["replay"] == {"by": "asha", "reason": "INC-42 CRM down"}
+
+    # Pushed ok now: a second replay is held back unless forced.
+    code, out, _ = run(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "again")
+    assert code == 1
+    assert "already pushed ok; --force pushes it again" in out
+    assert len(stack.crm.requests) == 1
+
+    code, _, _ = run(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "again", "--force")
+    assert code == 0
+    assert len(stack.crm.requests) == 2
+    assert len(stack.get_call(seeded["call_id"])["integration_log"]) == 2
+
+
+def test_replay_of_a_rejected_push_reports_the_crm_answer(capsys, stack, seeded):
+    stack.crm.responder = lambda _req: CrmAnswer(status=422, body=b'{"error":"emi_amount must be a number"}')
+
+    code, report = run_json(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "retry")
+
+    assert code == 1
+    assert report["counts"] == {"rejected": 1}
+    assert report["lines"][0]["http_status"] == 422
+    assert "emi_amount must be a number" in report["lines"][0]["error"]
+
+
+def seed_range(stack: Stack, sample_call: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    calls = {
+        "failed": with_result(
+            new_call(sample_call, results_stored_at="2026-11-01T08:00:00.000Z"),
+            push_result("failed", error="timed out after 10.0s"),
+        ),
+        "failed_too": with_result(
+            new_call(sample_call, results_stored_at="2026-11-01T09:00:00.000Z"),
+            push_result("failed", error="connection failed: ConnectionRefusedError"),
+        ),
+        "rejected": with_result(
+            new_call(sample_call, results_stored_at="2026-11-01T10:00:00.000Z"),
+            push_result("rejected", http_status=422, response_body="bad"),
+        ),
+        "ok": with_result(
+            new_call(sample_call, results_stored_at="2026-11-01T11:00:00.000Z"), push_result("ok", http_status=200)
+        ),
+        "failed_next_day": with_result(
+            new_call(sample_call, results_stored_at="2026-11-02T00:00:00.000Z"),
+            push_result("failed", error="timed out after 10.0s"),
+        ),
+        "other_bot": with_result(
+            new_call(sample_call, bot_id="bot-other", results_stored_at="2026-11-01T08:30:00.000Z"),
+            push_result("failed", error="timed out after 10.0s"),
+        ),
+    }
+    for call in calls.values():
+        stack.put_call(call)
+    return calls
+
+
+def test_replay_range_dry_run_selects_by_window_and_status(capsys, stack, sample_call, sample_bot):
+    stack.put_bot(sample_bot)
+    calls = seed_range(stack, sample_call)
+    bot_id = sample_bot["bot_id"]
+
+    code, report = run_json(
+        capsys, "replay", "--bot-id", bot_id, "--since", "2026-11-01", "--until", "2026-11-02",
+        "--status", "failed", "--reason", "INC-7", "--dry-run",
+    )  # fmt: skip
+
+    assert code == 0
+    assert [c["call_id"] for c in report["selected"]] == [calls["failed"]["call_id"], calls["failed_too"]["call_id"]]
+    assert report["filtered_out"] == 2  # the rejected and the ok call
+    assert report["lines"] == []
+    assert stack.crm.requests == []
+
+
+def test_replay_range_pushes_each_selected_call_at_the_rate_asked(capsys, stack, sample_call, sample_bot):
+    stack.put_bot(sample_bot)
+    calls = seed_range(stack, sample_call)
+    clock = FakeClock()
+
+    code, out, _ = run(
+        capsys, "replay", "--bot-id", sample_bot["bot_id"], "--since", "2026-11-01", "--until", "2026-11-02",
+        "--status", "failed,rejected", "--reason", "INC-7", "--rate", "4", clock=clock,
+    )  # fmt: skip
+
+    assert code == 0
+    sent_ids = [request.json()["call_id"] for request in stack.crm.requests]
+    assert sent_ids == [calls[name]["call_id"] for name in ("failed", "failed_too", "rejected")]
+    # Time stands still while a push runs here, so each wait is the whole interval: 1/4 s.
+    assert clock.sleeps == [0.25, 0.25]
+    assert "Replayed 3 of 3 call(s)" in out
+    for name in ("failed", "failed_too", "rejected"):
+        entry = stack.get_call(calls[name]["call_id"])["integration_log"][-1]
+        assert entry["replay"]["reason"] == "INC-7"
+        assert entry["status"] == "ok"
+    assert "replay" not in stack.get_call(calls["ok"]["call_id"])["integration_log"][-1]
+
+
+def test_replay_range_stops_cleanly_on_ctrl_c(capsys, stack, sample_call, sample_bot):
+    stack.put_bot(sample_bot)
+    seed_range(stack, sample_call)
+
+    class CtrlCWhileWaiting(FakeClock):
+        def _sleep(self, seconds: float) -> None:
+            super()._sleep(seconds)
+            signal.raise_signal(signal.SIGINT)  # the operator presses Ctrl-C during the first wait
+
+    code, out, err = run(
+        capsys, "replay", "--bot-id", sample_bot["bot_id"], "--since", "2026-11-01", "--until", "2026-11-02",
+        "--reason", "INC-7", clock=CtrlCWhileWaiting(),
+    )  # fmt: skip
+
+    assert code == 130
+    assert len(stack.crm.requests) == 1
+    assert "stopped by Ctrl-C; 2 not attempted" in out
+    assert "To resume: the first call not attempted is" in out
+    assert "stopping after the call in flight" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_replay_of_an_unknown_call_exits_2(capsys, stack):
+    code, _, err = run(capsys, "replay", "--call-id", "call-nope", "--reason", "x")
+
+    assert code == 2
+    assert "call call-nope is not in the Calls table" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bot-id", "b", "--since", "2026-11-01", "--status", "ok"], "add --force"),
+        (["--bot-id", "b", "--since", "2026-11-01", "--status", "broken"], "use one or more of"),
+        (["--bot-id", "b"], "needs --since"),
+        (["--bot-id", "b", "--since", "2026-11-02", "--until", "2026-11-01"], "is not after --since"),
+        (["--bot-id", "b", "--since", "yesterday"], "is not a date"),
+        (["--call-id", "c", "--rate", "0"], "--rate must be"),
+        (["--call-id", "c", "--since", "2026-11-01"], "use them with --bot-id"),
+    ],
+    ids=["ok-needs-force", "unknown-status", "no-since", "empty-window", "bad-date", "zero-rate", "since-on-call"],
+)
+def test_replay_refuses_unsafe_or_unclear_requests(capsys, stack, argv, message):
+    code, _, err = run(capsys, "replay", *argv, "--reason", "x")
+
+    assert code == 2
+    assert message in err
+    assert stack.crm.requests == []
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def test_status_of_a_rejected_push_points_at_the_runbook_with_the_next_command(capsys, stack, seeded):
+    stack.crm.responder = lambda _req: CrmAnswer(status=422, body=b'{"error":"mobile is required"}')
+    run(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "first try", "--by", "asha")
+
+    code, out, _ = run(capsys, "status", "--call-id", seeded["call_id"])
+
+    assert code == 0
+    assert "Latest push: REJECTED HTTP 422" in out
+    assert "recording link: public_token" in out
+    assert "by asha: first try" in out
+    assert "Runbook: docs/runbook.md#2-crm-rejects-the-payload" in out
+    assert f"post-call-push preview --call-id {seeded['call_id']}" in out
+    assert "mobile is required" in out
+
+
+def test_status_shows_every_push_including_replays(capsys, stack, sample_call, sample_bot):
+    stack.put_bot(sample_bot)
+    call = with_result(new_call(sample_call), push_result("failed", error="timed out after 10.0s"))
+    stack.put_call(call)
+    run(capsys, "replay", "--call-id", call["call_id"], "--reason", "INC-9", "--by", "ravi")
+
+    code, status = run_json(capsys, "status", "--call-id", call["call_id"])
+
+    assert code == 0
+    assert [(h["status"], h["replay"]) for h in status["history"]] == [("failed", ""), ("ok", "by ravi: INC-9")]
+    assert [e["status"] for e in status["events"]] == ["failed", "ok"]
+    assert status["latest"]["recording_link"] == "public_token"
+    assert status["runbook"] == ""
+
+
+def test_status_of_a_failed_push_names_check_1(capsys, stack, sample_call, sample_bot):
+    stack.put_bot(sample_bot)
+    call = with_result(new_call(sample_call), push_result("failed", error="connection failed: ConnectionRefused"))
+    stack.put_call(call)
+
+    code, status = run_json(capsys, "status", "--call-id", call["call_id"])
+
+    assert code == 0
+    assert status["runbook"].startswith("docs/runbook.md#1-push-not-sent")
+    assert "the CRM did not answer" in status["diagnosis"]
+    assert any(c.startswith(f"post-call-push replay --call-id {call['call_id']}") for c in status["next_commands"])
+
+
+def test_status_of_a_call_never_pushed_because_the_bot_has_no_config(capsys, stack, sample_call, sample_bot):
+    del sample_bot["post_call_push"]
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+
+    code, status = run_json(capsys, "status", "--call-id", sample_call["call_id"])
+
+    assert code == 0
+    assert status["latest"] is None
+    assert "has no post_call_push config" in status["diagnosis"]
+    assert status["next_commands"] == [f"post-call-push lint --bot-id {sample_bot['bot_id']}"]
+
+
+def test_status_of_an_unknown_call_exits_2(capsys, stack):
+    code, _, err = run(capsys, "status", "--call-id", "call-nope")
+
+    assert code == 2
+    assert "call-nope" in err
+
+
+def test_global_options_override_the_environment(capsys, stack, seeded, monkeypatch):
+    monkeypatch.setenv("CALLS_TABLE", "Calls-that-does-not-exist")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+
+    code, _, _ = run(
+        capsys, "--endpoint-url", stack.dynamodb.meta.endpoint_url, "status", "--calls-table", stack.calls_table,
+        "--call-id", seeded["call_id"],
+    )  # fmt: skip
+
+    assert code == 0
