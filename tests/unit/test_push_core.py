@@ -76,6 +76,8 @@ def test_no_url_records_skipped_and_sends_nothing(call, bot):
         ({"url": "ftp://crm.example.com/in"}, "scheme"),
         ({"key_mapper": ["not", "a", "map"]}, "key_mapper"),
         ({"headers": {"X-Key": "a\r\nInjected: yes"}}, "control character"),
+        ({"headers": {"Transfer-Encoding": "chunked"}}, "set by the push itself"),
+        ({"headers": {"Bad Name": "x"}}, "not allowed in a header name"),
     ],
 )
 def test_an_invalid_config_records_failed_with_the_reason(call, bot, change, expected_error):

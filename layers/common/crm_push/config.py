@@ -61,10 +61,17 @@ def _plain_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# Headers that frame or route the request are ours to set: a config that set them could
+# smuggle a second request (Content-Length vs Transfer-Encoding) or misroute it.
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "trailer"})
+
+
 def check_header(name: str, value: str) -> None:
-    """Refuse a header that could split the request (CR/LF) or is not a valid token."""
+    """Refuse a header that could split the request (CR/LF), is not a valid token, or frames the request."""
     if not _HEADER_NAME.match(name):
         raise ConfigError(f"header name {name[:40]!r} has characters not allowed in a header name")
+    if name.lower() in _RESERVED_HEADERS:
+        raise ConfigError(f"header {name} is set by the push itself and may not be configured")
     if _HEADER_VALUE_FORBIDDEN.search(value):
         raise ConfigError(f"header {name} has a control character (CR, LF or other) in its value")
 
