@@ -40,6 +40,21 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
 
 
+def decimal_text(value: Decimal) -> str:
+    """``Decimal`` in plain positional form, every digit kept: ``1499``, ``8.5``, ``0.0000001``.
+
+    Exact on purpose: ``normalize()`` would round to the context's 28 digits
+    (DynamoDB keeps 38), and ``int()`` of a huge integral value can exceed
+    Python's int-to-string digit limit.
+    """
+    text = str(value)
+    if "E" in text:  # scientific notation; NaN and Infinity never contain "E"
+        text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
 def to_text(value: Any) -> str:
     """The string a template placeholder becomes for ``value``."""
     if isinstance(value, str):
@@ -49,11 +64,7 @@ def to_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            return str(value)
-        if value == value.to_integral_value():
-            return str(int(value))
-        return format(value.normalize(), "f")
+        return decimal_text(value)
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):

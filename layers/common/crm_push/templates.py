@@ -8,15 +8,17 @@ what keeps a 30-field mapper at a few microseconds per call.
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
 from crm_push.errors import ConfigError
-from crm_push.jsonvalues import to_json, to_text
+from crm_push.jsonvalues import plain_number, to_json, to_text
 from crm_push.variables import NAMESPACES
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
@@ -58,12 +60,25 @@ _MISSING = object()
 @dataclass(frozen=True, slots=True)
 class CompiledTemplate:
     parts: tuple[str | Placeholder, ...]
+    # The placeholder when the template is exactly one ``{{ key }}`` (the common case): rendered without a join.
+    single: Placeholder | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        only = self.parts[0] if len(self.parts) == 1 else None
+        object.__setattr__(self, "single", only if isinstance(only, Placeholder) else None)
 
     @property
     def placeholders(self) -> tuple[Placeholder, ...]:
         return tuple(p for p in self.parts if isinstance(p, Placeholder))
 
     def render(self, variables: Mapping[str, Any], drop_unresolved: bool = True) -> str:
+        single = self.single
+        if single is not None:
+            for name in single.candidates:
+                value = variables.get(name, _MISSING)
+                if value is not _MISSING:
+                    return to_text(value)
+            return "" if drop_unresolved else single.source
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
@@ -112,12 +127,15 @@ def explain_placeholder(placeholder: Placeholder, variables: Mapping[str, Any]) 
     return Resolution.UNRESOLVED, None
 
 
+_JSON_STARTS = frozenset("{[")
+
+
 def coerce_json_like(value: Any) -> Any:
     """A rendered string that is a JSON object or array becomes that object; all else is kept."""
-    if isinstance(value, str) and value[:1] in ("{", "["):
+    if isinstance(value, str) and value[:1] in _JSON_STARTS:
         try:
             parsed = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return value
         if isinstance(parsed, (dict, list)):
             return parsed
@@ -148,6 +166,7 @@ def _compile_node(value: Any, depth: int, path: str) -> _Node:
 
 
 def _render_node(node: _Node, variables: Mapping[str, Any], drop_unresolved: bool) -> Any:
+    """The reference rule for one key_mapper value; ``_renderer`` builds the same thing, faster."""
     if isinstance(node, CompiledTemplate):
         return coerce_json_like(node.render(variables, drop_unresolved))
     if isinstance(node, dict):
@@ -157,13 +176,100 @@ def _render_node(node: _Node, variables: Mapping[str, Any], drop_unresolved: boo
     return node.value
 
 
+_MAX_INT_DIGITS = 4300  # sys.get_int_max_str_digits() default; json cannot write longer ints
+
+
+class _NotPlainJson(Exception):
+    """A value ``_json_copy`` leaves to the general (encode, then parse) path."""
+
+
+def _json_copy(value: Any) -> Any:
+    """``json.loads(to_json(value))`` for the plain JSON shapes, without the text round trip."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is Decimal:
+        if not value.is_finite() or value.adjusted() >= _MAX_INT_DIGITS:
+            raise _NotPlainJson  # not a JSON number / an int too long for json to write
+        return plain_number(value)
+    if kind is float:
+        if not math.isfinite(value):
+            raise _NotPlainJson
+        return value
+    if kind is dict:
+        copy: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotPlainJson
+            copy[key] = _json_copy(item)
+        return copy
+    if kind is list:
+        return [_json_copy(item) for item in value]
+    raise _NotPlainJson
+
+
+def _single_value(value: Any) -> Any:
+    """What ``{{ key }}`` alone sends for ``value``: exactly ``coerce_json_like(to_text(value))``.
+
+    A map or list would be encoded to JSON only to be parsed straight back;
+    for plain JSON shapes the copy is made directly.
+    """
+    kind = type(value)
+    if kind is dict or kind is list:
+        try:
+            return _json_copy(value)
+        except (_NotPlainJson, RecursionError):
+            pass
+    return coerce_json_like(to_text(value))
+
+
+_Renderer = Callable[[Mapping[str, Any], bool], Any]
+
+
+def _renderer(node: _Node) -> _Renderer:
+    """A function rendering ``node`` as ``_render_node`` does, with the dispatch done once, here."""
+    if isinstance(node, CompiledTemplate):
+        single = node.single
+        if single is None:
+            template_render = node.render
+            return lambda variables, drop_unresolved: coerce_json_like(template_render(variables, drop_unresolved))
+        exact, fallbacks, source = single.candidates[0], single.candidates[1:], single.source
+
+        def render_single(variables: Mapping[str, Any], drop_unresolved: bool) -> Any:
+            value = variables.get(exact, _MISSING)
+            if value is _MISSING:
+                for name in fallbacks:
+                    value = variables.get(name, _MISSING)
+                    if value is not _MISSING:
+                        break
+                else:
+                    return "" if drop_unresolved else source  # the literal "{{...}}" is never JSON
+            if type(value) is str and value[:1] not in _JSON_STARTS:
+                return value  # plain text: nothing to coerce
+            return _single_value(value)
+
+        return render_single
+    if isinstance(node, dict):
+        items = tuple((key, _renderer(value)) for key, value in node.items())
+        return lambda variables, drop_unresolved: {key: render(variables, drop_unresolved) for key, render in items}
+    if isinstance(node, list):
+        renderers = tuple(_renderer(value) for value in node)
+        return lambda variables, drop_unresolved: [render(variables, drop_unresolved) for render in renderers]
+    literal = node.value
+    return lambda variables, drop_unresolved: literal
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledKeyMapper:
     fields: dict[str, _Node]
+    _renderers: tuple[tuple[str, _Renderer], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_renderers", tuple((key, _renderer(node)) for key, node in self.fields.items()))
 
     def render(self, variables: Mapping[str, Any], drop_unresolved: bool = True) -> dict[str, Any]:
         """The payload: every external key rendered, JSON-like strings coerced, literals kept."""
-        return {key: _render_node(node, variables, drop_unresolved) for key, node in self.fields.items()}
+        return {key: render(variables, drop_unresolved) for key, render in self._renderers}
 
     def templates(self) -> list[tuple[str, CompiledTemplate]]:
         """Every template with its path in the mapper, e.g. ``("customer.name", ...)``."""

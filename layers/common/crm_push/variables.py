@@ -60,11 +60,23 @@ def parse_utc_timestamp(value: Any) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         return None
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        return None
 
 
 def format_local_time(moment: datetime | None, zone: tzinfo) -> str:
-    return moment.astimezone(zone).strftime(LOCAL_TIME_FORMAT) if moment else ""
+    """``moment`` in ``zone`` as LOCAL_TIME_FORMAT, ``YYYY-MM-DD HH:MM:SS``.
+
+    Written with isoformat: strftime's ``%Y`` does not zero-pad years before 1000 on Linux.
+    """
+    if moment is None:
+        return ""
+    try:
+        return moment.astimezone(zone).replace(tzinfo=None).isoformat(" ", "seconds")
+    except OverflowError:  # a UTC moment at the edge of year 1 or 9999 has no local time
+        return ""
 
 
 def call_duration_seconds(start: datetime | None, end: datetime | None) -> int | str:
