@@ -532,3 +532,13 @@ def test_explain_placeholder_names_the_rule_and_variable_used(
     (placeholder,) = compile_template(template).placeholders
 
     assert explain_placeholder(placeholder, variables) == (resolution, name)
+
+
+def test_an_empty_placeholder_is_dropped_like_any_unresolved_one() -> None:
+    assert render_template("a{{}}b{{ }}c", {"": "never"}, drop_unresolved=True) == "abc"
+    assert render_template("a{{}}b", {}, drop_unresolved=False) == "a{{}}b"
+
+
+def test_json_constants_are_not_coerced_into_an_invalid_body() -> None:
+    assert coerce_json_like("[NaN]") == "[NaN]"
+    assert coerce_json_like('{"x": Infinity}') == '{"x": Infinity}'

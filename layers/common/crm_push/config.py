@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from crm_push.errors import ConfigError
 from crm_push.templates import CompiledKeyMapper, compile_key_mapper
@@ -145,9 +145,15 @@ class PostCallPushConfig(BaseModel):
         compile_key_mapper(value)  # size and depth limits
         return value
 
+    # Compiled when the config is loaded, so a cached bot config renders with no re-encoding per push.
+    _compiled_key_mapper: CompiledKeyMapper = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._compiled_key_mapper = compile_key_mapper(self.key_mapper)
+
     @property
     def compiled_key_mapper(self) -> CompiledKeyMapper:
-        return compile_key_mapper(self.key_mapper)
+        return self._compiled_key_mapper
 
 
 @dataclass(frozen=True, slots=True)

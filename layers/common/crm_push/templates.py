@@ -65,7 +65,8 @@ class CompiledTemplate:
 
     def __post_init__(self) -> None:
         only = self.parts[0] if len(self.parts) == 1 else None
-        object.__setattr__(self, "single", only if isinstance(only, Placeholder) else None)
+        is_single = isinstance(only, Placeholder) and bool(only.candidates)
+        object.__setattr__(self, "single", only if is_single else None)
 
     @property
     def placeholders(self) -> tuple[Placeholder, ...]:
@@ -101,11 +102,11 @@ def compile_template(template: str) -> CompiledTemplate:
     position = 0
     for match in PLACEHOLDER.finditer(template):
         key = match.group(1)
-        if not key:
-            continue  # "{{}}" names nothing; it stays literal text
         if match.start() > position:
             parts.append(template[position : match.start()])
-        parts.append(Placeholder(match.group(0), key, lookup_candidates(key)))
+        # "{{}}" names nothing: it never resolves, so like any unresolved placeholder it is
+        # dropped before the CRM sees it.
+        parts.append(Placeholder(match.group(0), key, lookup_candidates(key) if key else ()))
         position = match.end()
     if position < len(template):
         parts.append(template[position:])
@@ -130,11 +131,16 @@ def explain_placeholder(placeholder: Placeholder, variables: Mapping[str, Any]) 
 _JSON_STARTS = frozenset("{[")
 
 
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: coercing "[NaN]" would make the request body invalid.
+    raise ValueError(f"{name} is not JSON")
+
+
 def coerce_json_like(value: Any) -> Any:
     """A rendered string that is a JSON object or array becomes that object; all else is kept."""
     if isinstance(value, str) and value[:1] in _JSON_STARTS:
         try:
-            parsed = json.loads(value)
+            parsed = json.loads(value, parse_constant=_refuse_constant)
         except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return value
         if isinstance(parsed, (dict, list)):
