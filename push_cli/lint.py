@@ -85,7 +85,7 @@ def brace_findings(template: str) -> list[tuple[Severity, str]]:
         leftover_parts.append(template[position : match.start()])
         position = match.end()
         if not match.group(1).strip():
-            problems.append(("error", f"empty placeholder {match.group(0)} names nothing and is sent literally"))
+            problems.append(("error", f"empty placeholder {match.group(0)} names nothing: the field gets \"\" there"))
             continue
         before = template[match.start() - 1 : match.start()]
         after = template[match.end() : match.end() + 1]
@@ -226,6 +226,8 @@ def lint_bot(
         for severity, message in brace_findings(template):
             report.findings.append(Finding(severity, where, message, _brace_fix(message)))
         for placeholder in compile_template(template).placeholders:
+            if not placeholder.key:
+                continue  # "{{}}": reported by the brace check above
             report.placeholders += 1
             finding = _placeholder_finding(where, placeholder.key, placeholder.source, static, samples, known, bot)
             if finding is None:
