@@ -85,7 +85,7 @@ def brace_findings(template: str) -> list[tuple[Severity, str]]:
         leftover_parts.append(template[position : match.start()])
         position = match.end()
         if not match.group(1).strip():
-            problems.append(("error", f"empty placeholder {match.group(0)} names nothing: the field gets \"\" there"))
+            problems.append(("error", f'empty placeholder {match.group(0)} names nothing: the field gets "" there'))
             continue
         before = template[match.start() - 1 : match.start()]
         after = template[match.end() : match.end() + 1]
