@@ -191,23 +191,6 @@ def keep_alive_ok(conn: socket.socket, server: RawServer) -> None:
         server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
 
-class QuickCrm(LocalCrm):
-    """LocalCrm that shuts down in 50 ms instead of serve_forever's default 0.5 s poll."""
-
-    def start(self) -> QuickCrm:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="local-crm", daemon=True
-        )
-        self._thread.start()
-        return self
-
-
-@pytest.fixture
-def crm() -> Iterator[LocalCrm]:
-    with QuickCrm() as server:
-        yield server
-
-
 @pytest.fixture
 def closed_port() -> int:
     with socket.create_server(("127.0.0.1", 0)) as sock:
@@ -222,7 +205,7 @@ def crm_answers() -> Iterator[tuple[LocalCrm, list[CrmAnswer]]]:
     def responder(_request: ReceivedRequest) -> CrmAnswer:
         return script.pop(0) if len(script) > 1 else script[0]
 
-    with QuickCrm(responder) as crm:
+    with LocalCrm(responder) as crm:
         yield crm, script
 
 
@@ -316,7 +299,7 @@ def test_4xx_is_rejected_with_the_body_and_not_retried(
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_redirect_is_rejected_and_never_followed(status: int, crm: LocalCrm) -> None:
-    with QuickCrm(lambda _r: CrmAnswer(status, b"moved", {"Location": f"{crm.url}/elsewhere"})) as redirector:
+    with LocalCrm(lambda _r: CrmAnswer(status, b"moved", {"Location": f"{crm.url}/elsewhere"})) as redirector:
         outcome = make_sender().send(push_request(f"{redirector.url}/hook"))
 
         assert status_for(outcome) == "rejected"
@@ -754,7 +737,7 @@ def test_errors_and_logs_never_hold_credentials(
             sender = make_sender(allow_private_networks=False)
             where = "127.0.0.1:9"
         else:
-            crm = stack.enter_context(QuickCrm(lambda _r: CrmAnswer(503, b"busy")))
+            crm = stack.enter_context(LocalCrm(lambda _r: CrmAnswer(503, b"busy")))
             where = crm.url.removeprefix("http://")
         scheme = "https" if scenario == "tls" else "ftp" if scenario == "bad-scheme" else "http"
         url = f"{scheme}://crm-admin:s3cr3t-pw@{where}/v1/leads?api_key=k123&x=1"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,23 +18,6 @@ FAST_RETRIES = RetryPolicy(base_seconds=0.01, cap_seconds=0.02)
 
 # Each spelling means 127.0.0.1 to the OS resolver.
 LOOPBACK_SPELLINGS = ["127.0.0.1", "localhost", "2130706433", "0x7f.1", "0177.0.0.1", "127.1", "[::ffff:127.0.0.1]"]
-
-
-class QuickCrm(LocalCrm):
-    """LocalCrm that shuts down in 50 ms instead of serve_forever's default 0.5 s poll."""
-
-    def start(self) -> QuickCrm:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="local-crm", daemon=True
-        )
-        self._thread.start()
-        return self
-
-
-@pytest.fixture
-def crm() -> Iterator[LocalCrm]:
-    with QuickCrm() as server:
-        yield server
 
 
 def port_of(crm: LocalCrm) -> int:
@@ -165,7 +147,7 @@ def test_a_host_with_any_private_address_is_refused(crm: LocalCrm, monkeypatch: 
 
 def test_a_redirect_to_an_internal_address_is_not_followed() -> None:
     metadata = "http://169.254.169.254/latest/meta-data/"
-    with QuickCrm(lambda _r: CrmAnswer(302, b"", {"Location": metadata})) as redirector:
+    with LocalCrm(lambda _r: CrmAnswer(302, b"", {"Location": metadata})) as redirector:
         outcome = sender(allow_private_networks=True).send(push_request(redirector.url))
 
     assert (outcome.http_status, outcome.attempts) == (302, 1)
