@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import os
 import signal
 import sys
@@ -422,6 +423,8 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    # The core logs for CloudWatch; here every finding it logs is already shown in the output.
+    logging.getLogger("crm_push").setLevel(logging.CRITICAL)
     console = make_console()
     ctx = Context.from_options(args)
     try:
