@@ -14,10 +14,6 @@ class ConfigError(PushError, ValueError):
     """
 
 
-class DestinationRefused(PushError):
-    """The CRM URL may not be reached (scheme, SSRF guard, unresolvable host)."""
-
-
 class CallNotFound(PushError):
     """No call item with that id."""
 
