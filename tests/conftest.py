@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,14 +41,21 @@ os.environ.pop("AWS_PROFILE", None)
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """One moto server for the session; each test gets its own uniquely named tables."""
-    from moto.server import ThreadedMotoServer
+    """One moto server for the session, with DynamoDB's write atomicity (scripts/serial_moto.py).
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    Each test gets its own uniquely named tables.
+    """
+    server = subprocess.Popen(
+        [sys.executable, "-m", "scripts.serial_moto"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        assert port.isdigit(), "the test moto server did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()  # it holds nothing worth a graceful stop
+        server.wait(timeout=10)
 
 
 @pytest.fixture

@@ -101,7 +101,10 @@ def _push_or_raise(call_id: str, deps: PushDeps, call_doc: dict[str, Any] | None
 
 def _make_record_handler(deps: PushDeps, executor: ThreadPoolExecutor) -> Any:
     async def record_handler(record: DynamoDBRecord) -> str:
-        sequence_number = record.get("dynamodb", {}).get("SequenceNumber") if isinstance(record, dict) else None
+        # A DynamoDBRecord is a Mapping over the raw record (never a dict), and the raw record may be anything.
+        raw = getattr(record, "raw_event", record)
+        section = raw.get("dynamodb") if isinstance(raw, dict) else None
+        sequence_number = section.get("SequenceNumber") if isinstance(section, dict) else None
         try:
             image = stream_call_image(record)
         except ValueError as exc:

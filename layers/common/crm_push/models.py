@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CALL_RESULTS_STORED = "Call Results Stored"
@@ -18,8 +18,15 @@ class CallResultsStored(BaseModel):
     bot_id: str | None = None
 
 
-class CallResultsStoredEvent(EventBridgeModel):
-    detail: CallResultsStored
+@cache
+def _event_model() -> type[BaseModel]:
+    """The EventBridge envelope, built on first use: the stream path's cold start never pays for it."""
+    from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+
+    class CallResultsStoredEvent(EventBridgeModel):
+        detail: CallResultsStored
+
+    return CallResultsStoredEvent
 
 
 def parse_call_results_stored(event: dict[str, Any]) -> CallResultsStored:
@@ -27,7 +34,8 @@ def parse_call_results_stored(event: dict[str, Any]) -> CallResultsStored:
     if event.get("detail-type") != CALL_RESULTS_STORED:
         raise ValueError(f"detail-type must be {CALL_RESULTS_STORED!r}, not {str(event.get('detail-type'))[:80]!r}")
     try:
-        return CallResultsStoredEvent.model_validate(event).detail
+        detail: CallResultsStored = _event_model().model_validate(event).detail  # type: ignore[attr-defined]
+        return detail
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"invalid event: {problems}") from exc

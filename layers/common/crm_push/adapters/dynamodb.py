@@ -132,6 +132,35 @@ class CallsTable:
                 ),
             )
         except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code == "ConditionalCheckFailedException":
+                log.warning("claim lost before write-back; result not recorded", extra={"call_id": call_id})
+                return False
+            if code == "ValidationException":
+                # The appends cannot apply (integration_log or events is not a list, or the item
+                # would pass 400 KB). The CRM already has the push: record the result alone rather
+                # than leave the record to retries that would push it again after the lease.
+                log.error(
+                    "push recorded without its integration_log and events entries",
+                    extra={"call_id": call_id, "error": _aws_error(exc)},
+                )
+                return self._record_result_only(call_id, claim_id, result)
+            raise StorageError(f"recording the push of call {call_id} failed: {_aws_error(exc)}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"recording the push of call {call_id} failed: {_aws_error(exc)}") from exc
+        return True
+
+    def _record_result_only(self, call_id: str, claim_id: str, result: dict[str, Any]) -> bool:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"call_id": {"S": call_id}},
+                UpdateExpression="SET #result = :result REMOVE #claim",
+                ConditionExpression="#claim.claim_id = :claim_id",
+                ExpressionAttributeNames={"#result": RESULT_ATTRIBUTE, "#claim": CLAIM_ATTRIBUTE},
+                ExpressionAttributeValues=to_item({":result": result, ":claim_id": claim_id}),
+            )
+        except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 log.warning("claim lost before write-back; result not recorded", extra={"call_id": call_id})
                 return False
