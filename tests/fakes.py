@@ -24,7 +24,7 @@ class InMemoryCalls:
 
     def claim(
         self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False
-    ) -> dict[str, Any]:
+    ) -> None:
         item = self.items.get(call_id)
         if item is None:
             raise CallNotFound(call_id)
@@ -34,7 +34,6 @@ class InMemoryCalls:
         if claim and claim["expires_at"] >= int(now.timestamp()):
             raise ClaimHeld(call_id)
         item["post_call_push_claim"] = {"claim_id": claim_id, "expires_at": int(now.timestamp()) + lease_seconds}
-        return copy.deepcopy(item)
 
     def record_result(self, call_id: str, claim_id: str, result: dict[str, Any], event: dict[str, Any]) -> bool:
         item = self.items[call_id]

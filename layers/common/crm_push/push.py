@@ -94,8 +94,8 @@ class CallStore(Protocol):
 
     def claim(
         self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False
-    ) -> dict[str, Any]:
-        """Take the call for this push; returns the call item as it now is.
+    ) -> None:
+        """Take the call for this push.
 
         Raises CallNotFound, AlreadyPushed (a result exists and not ``force``)
         or ClaimHeld (another push holds an unexpired lease).
@@ -302,17 +302,19 @@ def push_call(
 
     claim_id = uuid.uuid4().hex
     try:
-        claimed = deps.calls.claim(call_id, claim_id, deps.clock(), deps.claim_lease_seconds, force=replay is not None)
+        # The claim echoes nothing back: the trigger's image (or the consistent read) is the
+        # call as its results were stored, and returning a 50 KB item would cost every push.
+        deps.calls.claim(call_id, claim_id, deps.clock(), deps.claim_lease_seconds, force=replay is not None)
     except AlreadyPushed:
         return PushOutcome(call_id, "already_pushed")
     except CallNotFound:
         return PushOutcome(call_id, "call_not_found")
 
     started = time.monotonic()
-    result = run_push(claimed, bot, deps)
+    result = run_push(doc, bot, deps)
     if replay is not None:
         result = PushResult(**{**asdict(result), "replay": {"by": replay.by, "reason": replay.reason}})
-    event = {"type": "post_call_push", "t": seconds_since_start(claimed, deps.clock()), "status": result.status}
+    event = {"type": "post_call_push", "t": seconds_since_start(doc, deps.clock()), "status": result.status}
     recorded = deps.calls.record_result(call_id, claim_id, result.as_item(), event)
     log.info(
         "post-call push finished",

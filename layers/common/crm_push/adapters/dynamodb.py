@@ -66,7 +66,7 @@ class CallsTable:
 
     def claim(
         self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False
-    ) -> dict[str, Any]:
+    ) -> None:
         """Conditional claim: only one push holds a call, and only until its lease ends.
 
         The lease lets a later delivery take over a call whose pusher died
@@ -81,14 +81,13 @@ class CallsTable:
         if not force:
             names["#result"] = RESULT_ATTRIBUTE
         try:
-            response = self._client.update_item(
+            self._client.update_item(
                 TableName=self._table,
                 Key={"call_id": {"S": call_id}},
                 UpdateExpression="SET #claim = :claim",
                 ConditionExpression=condition,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=to_item({":claim": claim, ":now": epoch}),
-                ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
@@ -102,7 +101,6 @@ class CallsTable:
             raise ClaimHeld(f"call {call_id} is being pushed by another invocation") from exc
         except BotoCoreError as exc:
             raise StorageError(f"claiming call {call_id} failed: {_aws_error(exc)}") from exc
-        return from_item(response["Attributes"])
 
     def record_result(self, call_id: str, claim_id: str, result: dict[str, Any], event: dict[str, Any]) -> bool:
         """Write the result, append to ``integration_log`` and ``events``, release the claim.
