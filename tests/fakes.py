@@ -22,9 +22,7 @@ class InMemoryCalls:
         item = self.items.get(call_id)
         return copy.deepcopy(item) if item else None
 
-    def claim(
-        self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False
-    ) -> None:
+    def claim(self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False) -> None:
         item = self.items.get(call_id)
         if item is None:
             raise CallNotFound(call_id)

@@ -92,9 +92,7 @@ class PushResult:
 class CallStore(Protocol):
     def get_call(self, call_id: str) -> dict[str, Any] | None: ...
 
-    def claim(
-        self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False
-    ) -> None:
+    def claim(self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False) -> None:
         """Take the call for this push.
 
         Raises CallNotFound, AlreadyPushed (a result exists and not ``force``)

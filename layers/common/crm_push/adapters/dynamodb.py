@@ -64,9 +64,7 @@ class CallsTable:
         item = response.get("Item")
         return from_item(item) if item else None
 
-    def claim(
-        self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False
-    ) -> None:
+    def claim(self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False) -> None:
         """Conditional claim: only one push holds a call, and only until its lease ends.
 
         The lease lets a later delivery take over a call whose pusher died
