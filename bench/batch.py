@@ -169,9 +169,8 @@ class _StandInCalls:
         item = self._items.get(call_id)
         return dict(item) if item else None
 
-    def claim(self, call_id: str, claim_id: str, now: Any, lease_seconds: int, force: bool = False) -> dict[str, Any]:
+    def claim(self, call_id: str, claim_id: str, now: Any, lease_seconds: int, force: bool = False) -> None:
         time.sleep(self._latency)
-        return dict(self._items[call_id])
 
     def record_result(self, call_id: str, claim_id: str, result: dict[str, Any], event: dict[str, Any]) -> bool:
         time.sleep(self._latency)

@@ -175,7 +175,7 @@ class _NoCallStore:
     def get_call(self, call_id: str) -> dict[str, Any] | None:
         raise AssertionError("preview must not read calls through the push")
 
-    def claim(self, call_id: str, claim_id: str, now: Any, lease_seconds: int, force: bool = False) -> dict[str, Any]:
+    def claim(self, call_id: str, claim_id: str, now: Any, lease_seconds: int, force: bool = False) -> None:
         raise AssertionError("preview must not claim a call")
 
     def record_result(self, call_id: str, claim_id: str, result: dict[str, Any], event: dict[str, Any]) -> bool:
