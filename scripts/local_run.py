@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -61,6 +59,9 @@ def main() -> int:
     )
     import boto3
 
+    from crm_push.adapters.dynamodb import from_item
+    from crm_push.jsonvalues import to_plain
+
     crm = LocalCrm().start()
     try:
         _say(f"embedded AWS (moto) at {endpoint}; local CRM at {crm.url}")
@@ -100,11 +101,15 @@ def main() -> int:
             print(json.dumps(request.json(), indent=2, ensure_ascii=False))
 
         _say("post_call_push_result written back on the call")
-        stored = _read_call(dynamodb, calls_table, call["call_id"])
-        print(json.dumps(stored.get("post_call_push_result"), indent=2, default=_plain))
+        stored = from_item(
+            dynamodb.get_item(TableName=calls_table, Key={"call_id": {"S": call["call_id"]}}, ConsistentRead=True)[
+                "Item"
+            ]
+        )
+        print(json.dumps(to_plain(stored.get("post_call_push_result")), indent=2))
         print(
             f"integration_log entries: {len(stored.get('integration_log', []))}; last event: "
-            f"{json.dumps(stored.get('events', [])[-1:], default=_plain)}"
+            f"{json.dumps(to_plain(stored.get('events', [])[-1:]))}"
         )
 
         _say("invoking again with events/stream_modify_writeback.json (our own write-back)")
@@ -121,20 +126,6 @@ def main() -> int:
     finally:
         crm.stop()
         moto.stop()
-
-
-def _read_call(dynamodb: Any, table: str, call_id: str) -> dict[str, Any]:
-    from boto3.dynamodb.types import TypeDeserializer
-
-    item = dynamodb.get_item(TableName=table, Key={"call_id": {"S": call_id}}, ConsistentRead=True)["Item"]
-    deserializer = TypeDeserializer()
-    return {k: deserializer.deserialize(v) for k, v in item.items()}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    raise TypeError(type(value).__name__)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,23 @@ def stream_record(
     }
 
 
+def results_stored_event(
+    call_id: str, bot_id: str, event_id: str = "6a7e8feb-b491-4cf7-a9f1-bf3703467718"
+) -> dict[str, Any]:
+    """An EventBridge ``Call Results Stored`` event as Lambda receives it."""
+    return {
+        "version": "0",
+        "id": event_id,
+        "detail-type": "Call Results Stored",
+        "source": "voicebot.results",
+        "account": "123456789012",
+        "time": "2026-11-25T09:32:42Z",
+        "region": "ap-south-1",
+        "resources": [],
+        "detail": {"call_id": call_id, "bot_id": bot_id},
+    }
+
+
 def main() -> None:
     call = load_item("sample_call.json")
     insert = {"Records": [stream_record(call, None, event_name="INSERT", sequence_number="111100000000000000001")]}
@@ -73,17 +90,7 @@ def main() -> None:
         },
     }
     writeback = {"Records": [stream_record(pushed, call, event_name="MODIFY", sequence_number="111100000000000000002")]}
-    event_bridge = {
-        "version": "0",
-        "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
-        "detail-type": "Call Results Stored",
-        "source": "voicebot.results",
-        "account": "123456789012",
-        "time": "2026-11-25T09:32:42Z",
-        "region": "ap-south-1",
-        "resources": [],
-        "detail": {"call_id": call["call_id"], "bot_id": call["bot_id"]},
-    }
+    event_bridge = results_stored_event(call["call_id"], call["bot_id"])
     for name, event in (
         ("stream_insert.json", insert),
         ("stream_modify_writeback.json", writeback),

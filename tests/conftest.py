@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
+from crm_push.adapters.dynamodb import from_item
 from scripts.local_crm import LocalCrm
 from scripts.make_events import stream_record
 
@@ -120,11 +121,8 @@ class Stack:
         self.dynamodb.put_item(TableName=self.calls_table, Item=to_dynamodb(call))
 
     def get_call(self, call_id: str) -> dict[str, Any]:
-        from boto3.dynamodb.types import TypeDeserializer
-
         item = self.dynamodb.get_item(TableName=self.calls_table, Key={"call_id": {"S": call_id}}, ConsistentRead=True)
-        deserializer = TypeDeserializer()
-        return {k: deserializer.deserialize(v) for k, v in item.get("Item", {}).items()}
+        return from_item(item.get("Item", {}))
 
 
 def to_dynamodb(item: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
@@ -38,8 +38,8 @@ from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from scripts.local_crm import LocalCrm
-from scripts.make_events import stream_record
-from tests.conftest import REGION, LambdaContextStub, create_tables, to_dynamodb
+from scripts.make_events import results_stored_event, stream_record
+from tests.conftest import REGION, LambdaContextStub, Stack, create_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 # Each example costs a few hundred ms of moto work, and Hypothesis's shrinker can then spend
@@ -61,28 +61,13 @@ class _Capture(logging.Handler):
         self.records.append(record)
 
 
-@dataclass
-class Fuzz:
-    dynamodb: Any
-    calls_table: str
-    bots_table: str
-    crm: LocalCrm
-    app: ModuleType
-    logs: _Capture
-    sequence: Iterator[int] = field(default_factory=lambda: iter(range(1, 10**9)))
+class Fuzz(Stack):
+    """The module's stack (tables, CRM; no bucket) plus the handler module and its captured logs."""
 
-    def put_call(self, call: dict[str, Any]) -> None:
-        self.dynamodb.put_item(TableName=self.calls_table, Item=to_dynamodb(call))
-
-    def put_bot(self, bot: dict[str, Any]) -> None:
-        self.dynamodb.put_item(TableName=self.bots_table, Item=to_dynamodb(bot))
-
-    def get_call(self, call_id: str) -> dict[str, Any]:
-        from boto3.dynamodb.types import TypeDeserializer
-
-        item = self.dynamodb.get_item(TableName=self.calls_table, Key={"call_id": {"S": call_id}}, ConsistentRead=True)
-        deserializer = TypeDeserializer()
-        return {k: deserializer.deserialize(v) for k, v in item.get("Item", {}).items()}
+    def __init__(self, dynamodb: Any, calls: str, bots: str, crm: LocalCrm, app: ModuleType, logs: _Capture) -> None:
+        super().__init__(dynamodb, None, crm, calls, bots, "")
+        self.app, self.logs = app, logs
+        self.sequence: Iterator[int] = iter(range(1, 10**9))
 
     def next_sequence(self) -> str:
         return str(next(self.sequence)).rjust(21, "0")
@@ -504,16 +489,6 @@ def test_a_batch_of_good_and_bad_records_pushes_each_good_one_once_and_never_rai
 
 # --- EventBridge ----------------------------------------------------------------------------
 
-_ENVELOPE = {
-    "version": "0",
-    "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
-    "detail-type": "Call Results Stored",
-    "source": "voicebot.results",
-    "account": "123456789012",
-    "time": "2026-11-25T09:32:42Z",
-    "region": "ap-south-1",
-    "resources": [],
-}
 _junk = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.lists(st.integers(), max_size=2))
 _bad_details = st.one_of(
     _junk,
@@ -556,7 +531,7 @@ def test_an_eventbridge_event_with_missing_or_wrong_fields_is_logged_and_never_r
     call = _call(f"fz-{uid}-eb", bot_id)
     fuzz.put_bot(_bot(bot_id, {"url": f"{fuzz.crm.url}/in", "key_mapper": {"id": "{{result.call_id}}"}}))
     fuzz.put_call(call)
-    event: dict[str, Any] = {**_ENVELOPE, "id": f"evt-{uid}", "detail": {"call_id": call["call_id"], "bot_id": bot_id}}
+    event: dict[str, Any] = results_stored_event(call["call_id"], bot_id, event_id=f"evt-{uid}")
     if bad.value is ...:
         del event[bad.field]
     else:

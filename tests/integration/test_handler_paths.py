@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from scripts.local_crm import CrmAnswer
-from scripts.make_events import stream_record
+from scripts.make_events import results_stored_event, stream_record
 from tests.conftest import LambdaContextStub, Stack, insert_event
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -255,9 +255,7 @@ def test_without_token_or_recording_the_link_is_empty(stack, handler, sample_cal
 
 
 def eventbridge_event(call_id: str, bot_id: str) -> dict[str, Any]:
-    event: dict[str, Any] = json.loads((EVENTS / "eventbridge_results_stored.json").read_text())
-    event["detail"] = {"call_id": call_id, "bot_id": bot_id}
-    return event
+    return results_stored_event(call_id, bot_id)
 
 
 def test_eventbridge_event_reads_the_call_and_pushes_it(stack, handler, sample_call, sample_bot):
