@@ -106,33 +106,24 @@ class CallsTable:
         ``list_append`` on the server keeps entries other writers add meanwhile.
         """
         try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"call_id": {"S": call_id}},
-                UpdateExpression=(
+            try:
+                return self._write_back(
+                    call_id,
+                    claim_id,
                     "SET #result = :result,"
                     " integration_log = list_append(if_not_exists(integration_log, :empty), :log),"
                     " events = list_append(if_not_exists(events, :empty), :event)"
-                    " REMOVE #claim"
-                ),
-                ConditionExpression="#claim.claim_id = :claim_id",
-                ExpressionAttributeNames={"#result": RESULT_ATTRIBUTE, "#claim": CLAIM_ATTRIBUTE},
-                ExpressionAttributeValues=to_item(
+                    " REMOVE #claim",
                     {
                         ":result": result,
                         ":log": [{"type": "post_call_push", **result}],
                         ":event": [event],
                         ":empty": [],
-                        ":claim_id": claim_id,
-                    }
-                ),
-            )
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code == "ConditionalCheckFailedException":
-                log.warning("claim lost before write-back; result not recorded", extra={"call_id": call_id})
-                return False
-            if code == "ValidationException":
+                    },
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ValidationException":
+                    raise
                 # The appends cannot apply (integration_log or events is not a list, or the item
                 # would pass 400 KB). The CRM already has the push: record the result alone rather
                 # than leave the record to retries that would push it again after the lease.
@@ -140,29 +131,26 @@ class CallsTable:
                     "push recorded without its integration_log and events entries",
                     extra={"call_id": call_id, "error": _aws_error(exc)},
                 )
-                return self._record_result_only(call_id, claim_id, result)
+                return self._write_back(call_id, claim_id, "SET #result = :result REMOVE #claim", {":result": result})
+        except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"recording the push of call {call_id} failed: {_aws_error(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"recording the push of call {call_id} failed: {_aws_error(exc)}") from exc
-        return True
 
-    def _record_result_only(self, call_id: str, claim_id: str, result: dict[str, Any]) -> bool:
+    def _write_back(self, call_id: str, claim_id: str, update: str, values: dict[str, Any]) -> bool:
+        """One update made only while this push still holds the claim; False when the claim was lost."""
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key={"call_id": {"S": call_id}},
-                UpdateExpression="SET #result = :result REMOVE #claim",
+                UpdateExpression=update,
                 ConditionExpression="#claim.claim_id = :claim_id",
                 ExpressionAttributeNames={"#result": RESULT_ATTRIBUTE, "#claim": CLAIM_ATTRIBUTE},
-                ExpressionAttributeValues=to_item({":result": result, ":claim_id": claim_id}),
+                ExpressionAttributeValues=to_item({**values, ":claim_id": claim_id}),
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                log.warning("claim lost before write-back; result not recorded", extra={"call_id": call_id})
-                return False
-            raise StorageError(f"recording the push of call {call_id} failed: {_aws_error(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"recording the push of call {call_id} failed: {_aws_error(exc)}") from exc
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            log.warning("claim lost before write-back; result not recorded", extra={"call_id": call_id})
+            return False
         return True
 
     def call_ids_by_bot(
