@@ -47,15 +47,39 @@ class PushRequest:
     recorded_url: str  # the destination without credentials or query values
 
 
+# Why an attempt did not end in a 2xx (contract §10); None when it did.
+ErrorKind = Literal[
+    "timeout",
+    "connection",
+    "dns",
+    "tls",
+    "destination_refused",
+    "http_status",
+    "config",
+    "secret",
+    "circuit_open",
+    "payload_too_large",
+    "internal",
+]
+
+
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
-    """What the CRM did: an HTTP answer (``http_status``) or none (``error``)."""
+    """What one attempt to reach the CRM came to: an HTTP answer (``http_status``) or none (``error``).
+
+    ``attempts`` is 1 when the CRM was tried (a refused connection or a failed
+    DNS lookup included) and 0 when nothing was tried (the destination was
+    refused by the guard). ``retry_after`` is the CRM's ``Retry-After`` header
+    as it came, for the core's schedule.
+    """
 
     http_status: int | None
     response_body: str = ""
     error: str | None = None
     attempts: int = 1
     duration_ms: int = 0
+    error_kind: ErrorKind | None = None
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
