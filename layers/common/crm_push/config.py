@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -13,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from crm_push.errors import ConfigError
 from crm_push.templates import CompiledKeyMapper, compile_key_mapper
+
+MAX_RETRY_SCHEDULE_ENTRIES = 10
+MAX_RETRY_SCHEDULE_TOTAL_SECONDS = 259_200
 
 # RFC 7230 token characters for names; visible ASCII, space and tab for values.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -35,8 +39,18 @@ class Settings(BaseModel):
     claim_lease_seconds: int = Field(default=900, ge=30)
     claim_wait_seconds: float = Field(default=15.0, ge=0, le=60)
     bot_config_ttl_seconds: int = Field(default=60, ge=0)
+    # Durable delivery (contract §10): where its state lives and which queue carries delayed attempts.
+    push_state_table: str | None = None
+    retry_queue_url: str | None = None
 
-    @field_validator("public_base_url", "recordings_bucket", "recordings_endpoint_url", mode="before")
+    @field_validator(
+        "public_base_url",
+        "recordings_bucket",
+        "recordings_endpoint_url",
+        "push_state_table",
+        "retry_queue_url",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return value or None
@@ -101,6 +115,30 @@ class PostCallPushConfig(BaseModel):
     token: str | None = Field(default=None, repr=False)
     headers: dict[str, str] | None = Field(default=None, repr=False)
     key_mapper: dict[str, Any] = Field(default_factory=dict)
+    # Delays between attempts (contract §10); None = the default ladder, [] = a single attempt.
+    retry_schedule_seconds: tuple[int, ...] | None = None
+    rate_limit_per_second: float | None = Field(default=None, gt=0)
+
+    @field_validator("retry_schedule_seconds", mode="before")
+    @classmethod
+    def _retry_schedule(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"must be a list of seconds, not {type(value).__name__}")
+        delays = []
+        for delay in value:
+            # DynamoDB numbers arrive as Decimal: accept whole numbers of any numeric type, never bools.
+            if isinstance(delay, bool) or not isinstance(delay, (int, float, Decimal)) or delay != int(delay):
+                raise ValueError("every delay must be a whole number of seconds")
+            if delay <= 0:
+                raise ValueError("every delay must be positive")
+            delays.append(int(delay))
+        if len(delays) > MAX_RETRY_SCHEDULE_ENTRIES:
+            raise ValueError(f"at most {MAX_RETRY_SCHEDULE_ENTRIES} delays, not {len(delays)}")
+        if sum(delays) > MAX_RETRY_SCHEDULE_TOTAL_SECONDS:
+            raise ValueError(f"delays add up to {sum(delays)} s; at most {MAX_RETRY_SCHEDULE_TOTAL_SECONDS} s (3 days)")
+        return tuple(delays)
 
     @field_validator("method", mode="before")
     @classmethod
