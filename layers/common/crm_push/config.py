@@ -10,13 +10,16 @@ from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from crm_push.errors import ConfigError
+from crm_push.signing import SIGNATURE_HEADERS, parse_signing_secret
 from crm_push.templates import CompiledKeyMapper, compile_key_mapper
 
 MAX_RETRY_SCHEDULE_ENTRIES = 10
 MAX_RETRY_SCHEDULE_TOTAL_SECONDS = 259_200
+# Two during a rotation; a few more leave room for a slow one, and each adds ~50 bytes to every request.
+MAX_SIGNING_SECRETS = 5
 
 # RFC 7230 token characters for names; visible ASCII, space and tab for values.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -90,30 +93,104 @@ def check_header(name: str, value: str) -> None:
         raise ConfigError(f"header {name} has a control character (CR, LF or other) in its value")
 
 
+# Schemes an operator may plausibly write by mistake: named in the error, since they are no part of a
+# credential. Anything else is not quoted, because a URL's text may be a password (see check_push_url).
+_KNOWN_SCHEMES = frozenset({"ftp", "ftps", "sftp", "ws", "wss", "file", "s3", "mailto", "tcp", "grpc", "arn"})
+
+
 def check_push_url(url: str) -> None:
-    parts = urlsplit(url)
+    """Refuse a URL the push cannot use, in words that never quote the URL.
+
+    urllib's own messages quote the netloc or the port text; with a password
+    holding an unencoded ``/``, ``?`` or ``#`` the "port" it quotes is the
+    start of that password, and the error reaches the result, integration_log
+    and the logs. So no message here carries any part of the URL, and no
+    exception is chained (a logged traceback would print urllib's message).
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError("url is malformed: unbalanced [ ] around an IPv6 host, or characters not allowed") from None
     if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"url scheme must be http or https, not {parts.scheme or 'none'!r}")
+        if not parts.scheme:
+            raise ConfigError("url must start with http:// or https://")
+        named = f" (not {parts.scheme})" if parts.scheme.lower() in _KNOWN_SCHEMES else ""
+        raise ConfigError(f"url scheme must be http or https{named}")
     try:
         host = parts.hostname
         parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError as exc:
-        raise ConfigError(f"url is malformed: {exc}") from exc
+    except ValueError:
+        raise ConfigError(
+            "url is malformed: the part after // is not host[:port] - a port must be a number from 0 to 65535, "
+            "and a user name or password in the url must have / ? # @ and : percent-encoded"
+        ) from None
     if not host:
         raise ConfigError("url has no host")
     if any(c.isspace() for c in url):
         raise ConfigError("url contains whitespace")
 
 
+class SecretRef(BaseModel):
+    """Where a credential lives instead of the bot item (contract §11).
+
+    ``{"secret": "<Secrets Manager id or ARN>", "key": "<JSON key>"}`` (``key``
+    optional: without it the whole secret string is the value) or
+    ``{"parameter": "<SSM parameter name>"}``. It names the store entry, never
+    the value, so it may be shown and logged.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    secret: str | None = Field(default=None, min_length=1, max_length=2048)
+    key: str | None = Field(default=None, min_length=1, max_length=1024)
+    parameter: str | None = Field(default=None, min_length=1, max_length=2048)
+
+    @model_validator(mode="after")
+    def _one_store(self) -> SecretRef:
+        if (self.secret is None) == (self.parameter is None):
+            raise ValueError('a reference names exactly one store: {"secret": ..., "key": ...} or {"parameter": ...}')
+        if self.key is not None and self.secret is None:
+            raise ValueError("key picks a field of a Secrets Manager secret's JSON; a parameter has no keys")
+        for name in (self.secret, self.key, self.parameter):
+            if name is not None and (_HEADER_VALUE_FORBIDDEN.search(name) or name != name.strip()):
+                raise ValueError("a secret id, key or parameter name has no surrounding spaces or control characters")
+        return self
+
+    def describe(self) -> str:
+        """The reference in words for errors and CLI output: which store entry, never its value."""
+        if self.parameter is not None:
+            return f"parameter {self.parameter}"
+        return f"secret {self.secret} key {self.key}" if self.key is not None else f"secret {self.secret}"
+
+
+Credential = str | SecretRef
+"""A credential as configured: the value itself (plaintext, legacy) or a reference to it."""
+
+
+def _reference(value: Mapping[str, Any], where: str) -> SecretRef:
+    try:
+        return SecretRef.model_validate(dict(value))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"])
+            problem = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{field}: {problem}" if field else problem)
+        raise ValueError(f"{where} is a reference map, but {'; '.join(problems)}") from None
+
+
 class PostCallPushConfig(BaseModel):
     """The bot's ``post_call_push`` map (contract §8)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True)
+    # hide_input_in_errors: str() of a ValidationError would otherwise print the rejected token or header value.
+    model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True, hide_input_in_errors=True)
 
     url: str | None = None
     method: Literal["POST", "GET"] = "POST"
-    token: str | None = Field(default=None, repr=False)
-    headers: dict[str, str] | None = Field(default=None, repr=False)
+    token: Credential | None = Field(default=None, repr=False)
+    headers: dict[str, Credential] | None = Field(default=None, repr=False)
+    # Standard Webhooks secrets (contract §11): every attempt is signed with each one (rotation).
+    signing_secret: tuple[Credential, ...] | None = Field(default=None, repr=False)
     key_mapper: dict[str, Any] = Field(default_factory=dict)
     # Delays between attempts (contract §10); None = the default ladder, [] = a single attempt.
     retry_schedule_seconds: tuple[int, ...] | None = None
@@ -159,19 +236,76 @@ class PostCallPushConfig(BaseModel):
     @field_validator("headers", mode="before")
     @classmethod
     def _headers(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            for name, header_value in value.items():
-                if not isinstance(header_value, str):
-                    raise ValueError(f"header {name} must be text")
+        if not isinstance(value, Mapping):
+            return value or None
+        headers: dict[Any, Any] = {}
+        for name, header_value in value.items():
+            if isinstance(header_value, str):
                 check_header(str(name), header_value)
-        return value or None
+                headers[name] = header_value
+            elif isinstance(header_value, Mapping):
+                check_header(str(name), "")
+                headers[name] = _reference(header_value, f"header {name}")
+            elif isinstance(header_value, SecretRef):
+                headers[name] = header_value
+            else:
+                raise ValueError(f"header {name} must be text or a reference map")
+        return headers or None
 
     @field_validator("token", mode="before")
     @classmethod
     def _token(cls, value: Any) -> Any:
         if isinstance(value, str) and value:
             check_header("Authorization", value)
+        elif isinstance(value, Mapping):
+            return _reference(value, "token")
         return value or None
+
+    @field_validator("signing_secret", mode="before")
+    @classmethod
+    def _signing_secret(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        entries = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not entries:
+            return None
+        if len(entries) > MAX_SIGNING_SECRETS:
+            raise ValueError(f"at most {MAX_SIGNING_SECRETS} secrets at once, not {len(entries)}")
+        secrets: list[Credential] = []
+        for index, entry in enumerate(entries):
+            where = f"signing_secret[{index}]" if len(entries) > 1 else "signing_secret"
+            if isinstance(entry, str):
+                try:
+                    parse_signing_secret(entry)
+                except ConfigError as exc:
+                    # The error names the problem, never the secret; say which entry of a rotation list.
+                    raise ValueError(f"entry {index}: {exc}" if len(entries) > 1 else str(exc)) from None
+                secrets.append(entry)
+            elif isinstance(entry, Mapping):
+                secrets.append(_reference(entry, where))
+            elif isinstance(entry, SecretRef):
+                secrets.append(entry)
+            else:
+                raise ValueError(f"{where} must be text (whsec_<base64>) or a reference map")
+        return tuple(secrets)
+
+    @model_validator(mode="after")
+    def _signing_headers_are_ours(self) -> PostCallPushConfig:
+        if self.signing_secret and self.headers:
+            clash = sorted(name for name in self.headers if name.lower() in SIGNATURE_HEADERS)
+            if clash:
+                raise ValueError(f"header {clash[0]} is set by signing (signing_secret) and may not be configured")
+        return self
+
+    @property
+    def references(self) -> tuple[SecretRef, ...]:
+        """Every credential kept in a store, in config order: what a push must resolve."""
+        found: list[SecretRef] = []
+        candidates: list[Credential | None] = [self.token, *(self.headers or {}).values(), *(self.signing_secret or ())]
+        for credential in candidates:
+            if isinstance(credential, SecretRef) and credential not in found:
+                found.append(credential)
+        return tuple(found)
 
     @field_validator("key_mapper", mode="before")
     @classmethod
