@@ -10,11 +10,9 @@ from typing import Any
 
 import pytest
 
-from crm_push.adapters.crm_http import CrmHttpSender, RetryPolicy
+from crm_push.adapters.crm_http import CrmHttpSender
 from crm_push.push import PushRequest, status_for
 from scripts.local_crm import CrmAnswer, LocalCrm
-
-FAST_RETRIES = RetryPolicy(base_seconds=0.01, cap_seconds=0.02)
 
 # Each spelling means 127.0.0.1 to the OS resolver.
 LOOPBACK_SPELLINGS = ["127.0.0.1", "localhost", "2130706433", "0x7f.1", "0177.0.0.1", "127.1", "[::ffff:127.0.0.1]"]
@@ -30,7 +28,7 @@ def push_request(url: str) -> PushRequest:
 
 
 def sender(allow_private_networks: bool) -> CrmHttpSender:
-    return CrmHttpSender(allow_private_networks=allow_private_networks, total_timeout=0.5, retry_policy=FAST_RETRIES)
+    return CrmHttpSender(allow_private_networks=allow_private_networks, total_timeout=0.5)
 
 
 @pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
@@ -42,7 +40,7 @@ def test_local_server_is_refused_and_receives_nothing(host: str, crm: LocalCrm) 
     assert outcome.error is not None
     assert outcome.error.startswith("destination refused: ")
     assert "a loopback address" in outcome.error
-    assert outcome.attempts == 0  # nothing was tried
+    assert (outcome.error_kind, outcome.attempts) == ("destination_refused", 0)  # nothing was tried
     assert crm.requests == []
 
 
@@ -50,7 +48,7 @@ def test_local_server_is_refused_and_receives_nothing(host: str, crm: LocalCrm) 
 def test_local_server_is_reached_when_private_networks_are_allowed(host: str, crm: LocalCrm) -> None:
     outcome = sender(allow_private_networks=True).send(push_request(f"http://{host}:{port_of(crm)}/hook"))
 
-    assert (outcome.http_status, outcome.attempts) == (200, 1)
+    assert (outcome.http_status, outcome.error_kind, outcome.attempts) == (200, None, 1)
     assert len(crm.requests) == 1
     assert crm.requests[0].headers["Host"] == f"{host}:{port_of(crm)}"
 
@@ -75,7 +73,7 @@ def test_internal_destinations_are_refused_without_a_connection(url: str) -> Non
     assert outcome.http_status is None
     assert outcome.error is not None
     assert outcome.error.startswith("destination refused: ")
-    assert outcome.attempts == 0
+    assert (outcome.error_kind, outcome.attempts) == ("destination_refused", 0)
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/", "file:///etc/passwd", "gopher://127.0.0.1:70/_x", "//x/"])
@@ -85,7 +83,7 @@ def test_only_http_and_https_even_when_private_networks_are_allowed(url: str) ->
     assert outcome.http_status is None
     assert outcome.error is not None
     assert "only http and https" in outcome.error
-    assert outcome.attempts == 0
+    assert (outcome.error_kind, outcome.attempts) == ("destination_refused", 0)
 
 
 class FakeDns:
@@ -122,16 +120,20 @@ def test_connection_goes_to_the_checked_address_not_a_second_lookup(
     assert "127.0.0.1" in dns.lookups
 
 
-def test_every_retry_checks_the_destination_again(crm: LocalCrm, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The first lookup fails (retryable); the second resolves to loopback, which is refused.
+def test_every_attempt_checks_the_destination_again(crm: LocalCrm, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first lookup fails; by the core's next attempt the name resolves to loopback, which is refused.
     dns = FakeDns({"flaky.example": [[], ["127.0.0.1"]]})
     monkeypatch.setattr(socket, "getaddrinfo", dns)
+    guarded = sender(allow_private_networks=False)
+    request = push_request(f"http://flaky.example:{port_of(crm)}/")
 
-    outcome = sender(allow_private_networks=False).send(push_request(f"http://flaky.example:{port_of(crm)}/"))
+    first = guarded.send(request)
+    second = guarded.send(request)
 
-    assert outcome.http_status is None
-    assert outcome.error == "destination refused: flaky.example resolves to a loopback address (127.0.0.1)"
-    assert outcome.attempts == 1  # the failed lookup counts; the refusal does not
+    assert (first.http_status, first.error_kind, first.attempts) == (None, "dns", 1)  # a lookup is a try
+    assert first.error == "could not resolve host flaky.example"
+    assert (second.http_status, second.error_kind, second.attempts) == (None, "destination_refused", 0)
+    assert second.error == "destination refused: flaky.example resolves to a loopback address (127.0.0.1)"
     assert dns.lookups.count("flaky.example") == 2
     assert crm.requests == []
 
@@ -142,6 +144,7 @@ def test_a_host_with_any_private_address_is_refused(crm: LocalCrm, monkeypatch: 
     outcome = sender(allow_private_networks=False).send(push_request(f"http://mixed.example:{port_of(crm)}/"))
 
     assert outcome.error == "destination refused: mixed.example resolves to a loopback address (127.0.0.1)"
+    assert (outcome.error_kind, outcome.attempts) == ("destination_refused", 0)
     assert crm.requests == []
 
 
@@ -150,7 +153,7 @@ def test_a_redirect_to_an_internal_address_is_not_followed() -> None:
     with LocalCrm(lambda _r: CrmAnswer(302, b"", {"Location": metadata})) as redirector:
         outcome = sender(allow_private_networks=True).send(push_request(redirector.url))
 
-    assert (outcome.http_status, outcome.attempts) == (302, 1)
+    assert (outcome.http_status, outcome.error_kind, outcome.attempts) == (302, "http_status", 1)
     assert status_for(outcome) == "rejected"
 
 
@@ -163,7 +166,7 @@ def test_a_refused_address_falls_through_to_the_next_checked_one(
 
     outcome = sender(allow_private_networks=True).send(push_request(f"http://two.example:{port_of(crm)}/"))
 
-    assert (outcome.http_status, outcome.attempts) == (200, 1)
+    assert (outcome.http_status, outcome.error_kind, outcome.attempts) == (200, None, 1)  # still one attempt
     assert dns.lookups.count("two.example") == 1
 
 
@@ -199,4 +202,5 @@ def test_ipv6_loopback_is_refused_or_reached_by_the_flag() -> None:
         server.server_close()
 
     assert refused.error == "destination refused: ::1 is a loopback address (::1)"
-    assert (reached.http_status, reached.response_body) == (200, f"[::1]:{port}")
+    assert (refused.error_kind, refused.attempts) == ("destination_refused", 0)
+    assert (reached.http_status, reached.response_body, reached.error_kind) == (200, f"[::1]:{port}", None)

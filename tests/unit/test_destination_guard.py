@@ -135,11 +135,11 @@ def test_public_host_resolves_to_checked_addresses_ipv4_first() -> None:
     assert destination.target == "/p%20q?a=1"  # no fragment
 
 
-def test_unresolvable_host_is_retryable() -> None:
+def test_unresolvable_host_is_a_dns_failure() -> None:
     with pytest.raises(UnresolvableHost) as failed:
         resolve_destination("https://crm.invalid/x", resolve=fake_dns({}))
     assert str(failed.value) == "could not resolve host crm.invalid"
-    assert failed.value.retryable
+    assert failed.value.error_kind == "dns"
 
 
 def test_refusals_do_not_repeat_credentials() -> None:
@@ -149,6 +149,7 @@ def test_refusals_do_not_repeat_credentials() -> None:
     assert "admin" not in str(refused.value)
     assert "k123" not in str(refused.value)
     assert str(refused.value) == "destination refused: 127.0.0.1 is a loopback address (127.0.0.1)"
+    assert refused.value.error_kind == "destination_refused"
 
 
 def test_userinfo_becomes_basic_auth() -> None:

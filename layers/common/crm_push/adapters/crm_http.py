@@ -1,16 +1,29 @@
-"""Sending a push to a CRM over HTTP with urllib3.
+"""Sending a push to a CRM over HTTP with urllib3: one attempt per ``send()``.
 
 One attempt: check the destination (``destination.py``: http/https only, and
 every resolved address public unless private networks are allowed), connect
-to the very address that was checked (no second DNS lookup), send, and read
-the answer only as far as we store it, all within one wall-clock budget
-(10 s, or less when the Lambda's deadline is nearer). 3xx is never followed.
+to the very address that was checked (no second DNS lookup; when one address
+refuses the connection the next checked one is tried, within the same
+attempt), send, and read the answer only as far as we store it, all within
+one wall-clock budget (10 s, or less when the Lambda's deadline is nearer).
+3xx is never followed. Retrying is the core's job (contract §10), decided
+from the returned SendOutcome's ``error_kind``, ``http_status`` and
+``retry_after``.
 
-At most 3 attempts (``retry_delay``): 429/502/503/504, and failures before
-the request left us (DNS, refused, connect timeout). Never after it was sent
-(see ``_failure``). ``attempts`` counts tries to reach the CRM, a failed DNS
-lookup included; a destination the guard refuses is not a try, so a push
-refused outright reports ``attempts=0``.
+How an attempt is classified (``error_kind``):
+
+* 2xx: None. Any other status: ``http_status``, with the CRM's raw
+  ``Retry-After`` passed on.
+* Once the status line and headers have arrived, the status stands: a body
+  that then stalls, is reset or ends early keeps what arrived (a 2xx stays
+  ok, with a warning logged; a non-2xx gets a short note in ``error``).
+* No answer: ``timeout`` when no complete status line and headers came back
+  in time; ``connection`` when the connection could not be made or broke
+  before an answer (refused, reset, closed without answering, a closed pool,
+  an unreadable answer). A connect timeout is ``connection`` too: nothing of
+  the request left us, which is what sets it apart from ``timeout``.
+* ``dns`` (an attempt), ``tls``, ``destination_refused`` (the SSRF guard:
+  nothing tried, ``attempts=0``), ``internal`` (a bug of ours).
 
 Nothing here raises: every failure is a SendOutcome whose short ``error``
 never holds the URL's userinfo or query, nor any header value.
@@ -18,18 +31,15 @@ never holds the URL's userinfo or query, nor any header value.
 
 from __future__ import annotations
 
-import email.utils
 import http.client
 import io
 import logging
-import random
 import socket
 import ssl
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 
 import urllib3
@@ -45,18 +55,14 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from crm_push.adapters.destination import (
-    Destination,
-    DestinationError,
-    UnresolvableHost,
-    resolve_destination,
-)
-from crm_push.push import MAX_RESPONSE_BODY_CHARS, PushRequest, SendOutcome
+from crm_push.adapters.destination import Destination, DestinationError, resolve_destination
+from crm_push.push import MAX_RESPONSE_BODY_CHARS, ErrorKind, PushRequest, SendOutcome
 
 log = logging.getLogger(__name__)
 
 TOTAL_TIMEOUT_SECONDS = 10.0
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# A valid Retry-After is at most 29 characters; a longer one is passed on cut, never whole.
+_MAX_RETRY_AFTER_CHARS = 64
 # UTF-8 needs at most 4 bytes a character: this is enough to fill the stored body.
 _MAX_BODY_BYTES = MAX_RESPONSE_BODY_CHARS * 4
 _MAX_POOLS = 64  # one per (scheme, address, port, host); the least recently used is closed beyond this
@@ -93,69 +99,6 @@ for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.response"
     _logger = logging.getLogger(_name)
     if not any(isinstance(f, _NoUrlsFromUrllib3) for f in _logger.filters):
         _logger.addFilter(_NoUrlsFromUrllib3())
-
-
-# --- retry policy (pure) ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_attempts: int = 3
-    base_seconds: float = 0.2  # backoff before the 2nd attempt; doubled each time after
-    cap_seconds: float = 2.0
-    retry_after_cap_seconds: float = 5.0  # a CRM asking for a longer wait is not retried at all
-    min_attempt_seconds: float = 0.5  # no retry unless this much time is left after the sleep
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date); None if absent or unreadable.
-
-    ``now`` is the wall-clock time (``time.time()``) an HTTP-date is measured from.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:  # "-0000": UTC by RFC 5322
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
-
-
-def retry_delay(
-    attempts_made: int,
-    retry_after: float | None,
-    *,
-    now: float,
-    deadline: float | None,
-    policy: RetryPolicy = RetryPolicy(),
-    jitter: float = 0.5,
-) -> float | None:
-    """Seconds to sleep before the next attempt, or None to stop trying.
-
-    Exponential backoff (``base * 2**(n-1)``, capped) scaled by a jitter in
-    [0.5, 1) so that pushes failing together do not retry together; a CRM's
-    ``Retry-After`` replaces the backoff. Stops after ``max_attempts``, when
-    Retry-After exceeds its cap, or when the sleep plus a useful attempt would
-    pass ``deadline`` (monotonic, like ``now``). ``jitter`` is a random number
-    in [0, 1) from the caller, so this stays a pure function.
-    """
-    if attempts_made >= policy.max_attempts:
-        return None
-    if retry_after is not None:
-        if retry_after > policy.retry_after_cap_seconds:
-            return None
-        delay = retry_after
-    else:
-        backoff = min(policy.cap_seconds, policy.base_seconds * 2 ** max(0, attempts_made - 1))
-        delay = backoff * (0.5 + jitter / 2)
-    if deadline is not None and now + delay + policy.min_attempt_seconds > deadline:
-        return None
-    return delay
 
 
 # --- a wall-clock bound on reading the answer ------------------------------------------
@@ -228,23 +171,23 @@ class _HTTPSPool(HTTPSConnectionPool):
 
 @dataclass(frozen=True, slots=True)
 class _Try:
-    """One attempt: an HTTP answer (``status``) or none (``error``)."""
+    """How one attempt ended: an HTTP answer (``status``) or none (``error``)."""
 
     status: int | None
     body: str = ""
     error: str | None = None
-    retryable: bool = False
+    kind: ErrorKind | None = None
     retry_after: str | None = None
-    counted: bool = True  # False when the destination was refused: nothing was tried
-    kind: str = ""  # for the retry log line: "http_503", "connect_failed", ... never the URL
+    tried: bool = True  # False when the guard refused the destination: the CRM was not tried
+    next_address: bool = False  # the connection failed outright: another checked address may answer
 
 
 class CrmHttpSender:
-    """Sends one push per ``send()``; safe to share between threads (pools are per destination address).
+    """Makes one attempt per ``send()``; safe to share between threads (pools are per destination address).
 
     ``pool``: only its TLS trust settings (``ca_certs``, ``ssl_context``, ...)
     are used, for the per-address pools; certificate checks always stay on.
-    ``total_timeout`` bounds each attempt, connect to last byte; tests shorten it.
+    ``total_timeout`` bounds the attempt, connect to last byte; tests shorten it.
     """
 
     def __init__(
@@ -254,58 +197,44 @@ class CrmHttpSender:
         allow_private_networks: bool = False,
         *,
         total_timeout: float = TOTAL_TIMEOUT_SECONDS,
-        retry_policy: RetryPolicy = RetryPolicy(),
     ) -> None:
         inherited = pool.connection_pool_kw if pool is not None else {}
         self._tls_settings = {k: v for k, v in inherited.items() if k in _INHERITED_TLS_SETTINGS}
         self._pool_size = pool_size
         self._allow_private_networks = allow_private_networks
         self.total_timeout = total_timeout
-        self.retry_policy = retry_policy
         self._pools: OrderedDict[tuple[str, str, int, str], HTTPConnectionPool] = OrderedDict()
         self._lock = threading.Lock()
 
     def send(self, request: PushRequest, deadline: float | None = None) -> SendOutcome:
-        """Send ``request``, retrying transient failures; stop by ``deadline`` (monotonic). Never raises."""
+        """One attempt to deliver ``request``, ending by ``deadline`` (monotonic). Never raises.
+
+        With no time left before ``deadline`` nothing is tried: ``attempts=0``
+        and ``error_kind=None``, which the core takes as "reschedule".
+        """
         started = time.monotonic()
-        attempts = 0
+        budget = self.total_timeout
+        if deadline is not None:
+            budget = min(budget, deadline - started)
+            if budget <= 0:
+                error = "not sent: no time left before the Lambda's deadline"
+                return SendOutcome(None, "", error, attempts=0, duration_ms=0, error_kind=None)
         try:
-            while True:
-                budget = self.total_timeout
-                if deadline is not None:
-                    budget = min(budget, deadline - time.monotonic())
-                    if budget <= 0:
-                        error = "not sent: no time left before the Lambda's deadline"
-                        return SendOutcome(None, "", error, attempts, _ms_since(started))
-                result = self._attempt(request, budget)
-                if result.counted:
-                    attempts += 1
-                delay = None
-                if result.retryable:
-                    retry_after = parse_retry_after(result.retry_after, time.time())
-                    jitter = random.random()  # noqa: S311 - spreading retries out, not security
-                    delay = retry_delay(
-                        attempts,
-                        retry_after,
-                        now=time.monotonic(),
-                        deadline=deadline,
-                        policy=self.retry_policy,
-                        jitter=jitter,
-                    )
-                if delay is None:
-                    return SendOutcome(result.status, result.body, result.error, attempts, _ms_since(started))
-                log.info(
-                    "CRM push attempt %d: %s; retrying in %.2fs",
-                    attempts,
-                    result.kind,
-                    delay,
-                    extra={"attempt": attempts, "outcome": result.kind, "sleep_seconds": round(delay, 3)},
-                )
-                time.sleep(delay)
+            result = self._attempt(request, budget)
         except Exception as exc:  # a bug must still leave a readable record on the call
+            # Whatever reaches the CRM is caught in _request, so this failed before the CRM was tried.
             log.error("CRM push send failed unexpectedly", extra={"error_class": type(exc).__name__})
             error = f"internal error while sending: {type(exc).__name__}"
-            return SendOutcome(None, "", error, attempts, _ms_since(started))
+            return SendOutcome(None, "", error, attempts=0, duration_ms=_ms_since(started), error_kind="internal")
+        return SendOutcome(
+            result.status,
+            result.body,
+            result.error,
+            attempts=1 if result.tried else 0,
+            duration_ms=_ms_since(started),
+            error_kind=result.kind,
+            retry_after=result.retry_after,
+        )
 
     def _attempt(self, request: PushRequest, budget: float) -> _Try:
         """Check the destination, then try its addresses in turn until one connects."""
@@ -313,14 +242,14 @@ class CrmHttpSender:
         try:
             destination = resolve_destination(request.url, allow_private_networks=self._allow_private_networks)
         except DestinationError as exc:
-            dns = isinstance(exc, UnresolvableHost)
-            return _Try(None, error=str(exc), retryable=exc.retryable, counted=dns, kind="dns" if dns else "refused")
+            # A DNS lookup is a try to reach the CRM; a refusal by the guard is not.
+            return _Try(None, error=str(exc), kind=exc.error_kind, tried=exc.error_kind == "dns")
         headers = _headers_for(request, destination)
-        result = _Try(None, error="no address to connect to")
+        result = _Try(None, error="no address to connect to", kind="dns")  # resolve_destination never gives none
         for address in destination.addresses:
             result = self._request(address, destination, request, headers, attempt_deadline, budget)
             # Only a connection that failed outright moves on to the next address (like any client).
-            if result.kind != "connect_failed" or time.monotonic() >= attempt_deadline:
+            if not result.next_address or time.monotonic() >= attempt_deadline:
                 break
         return result
 
@@ -349,25 +278,12 @@ class CrmHttpSender:
                 preload_content=False,
                 release_conn=False,
             )
-            complete = False
-            try:
-                raw, complete = _read_limited(response, _MAX_BODY_BYTES, attempt_deadline)
-            finally:
-                if not complete:
-                    response.close()  # never drain a body we will not store: it may be huge or endless
-                response.release_conn()
         except Exception as exc:
             return _failure(exc, budget)
         finally:
+            # The response keeps its own deadline: it was built inside urlopen.
             _current.deadline = None
-        status = response.status
-        return _Try(
-            status,
-            raw.decode("utf-8", errors="replace")[:MAX_RESPONSE_BODY_CHARS],
-            retryable=status in RETRYABLE_STATUSES,
-            retry_after=response.headers.get("Retry-After"),
-            kind=f"http_{status}",
-        )
+        return _answer(response, attempt_deadline, budget)
 
     def _pool_for(self, destination: Destination, address: str) -> HTTPConnectionPool:
         """The pool for this checked address: connections are reused, and always go where we checked."""
@@ -393,7 +309,7 @@ class CrmHttpSender:
                 pool = _HTTPPool(address, **common)
             self._pools[key] = pool
             if len(self._pools) > _MAX_POOLS:
-                # A send holding the evicted pool gets ClosedPoolError: nothing sent, so it is retried.
+                # A send holding the evicted pool gets ClosedPoolError: nothing sent, a "connection" failure.
                 self._pools.popitem(last=False)[1].close()
             return pool
 
@@ -408,46 +324,95 @@ def _headers_for(request: PushRequest, destination: Destination) -> dict[str, st
     return headers
 
 
-def _read_limited(response: urllib3.BaseHTTPResponse, limit: int, deadline: float) -> tuple[bytes, bool]:
-    """Up to ``limit`` bytes of the body, in chunks, by ``deadline``; and whether that was all of it."""
+def _answer(response: urllib3.BaseHTTPResponse, deadline: float, budget: float) -> _Try:
+    """The CRM's answer, whose status stands whatever then happens to its body.
+
+    The CRM has decided once it sends its status: a 2xx whose body stalls or
+    is cut short still means it took the push, and calling that a failure
+    would have the core send it again.
+    """
+    status = response.status
     body = bytearray()
+    complete = False
+    cut_short: str | None = None
+    try:
+        complete = _read_limited(response, body, _MAX_BODY_BYTES, deadline)
+    except Exception as exc:
+        cut_short = _body_problem(exc, budget)
+    finally:
+        if not complete:
+            response.close()  # never drain a body we will not store: it may be huge, endless or broken
+        response.release_conn()
+    if cut_short is not None:
+        log.warning(
+            "CRM answered %d but its body was incomplete (%s); the status stands",
+            status,
+            cut_short,
+            extra={"http_status": status, "body_problem": cut_short},
+        )
+    text = body.decode("utf-8", errors="replace")[:MAX_RESPONSE_BODY_CHARS]
+    if 200 <= status < 300:
+        return _Try(status, text)
+    retry_after = response.headers.get("Retry-After")
+    return _Try(
+        status,
+        text,
+        error=None if cut_short is None else f"answer body incomplete: {cut_short}",
+        kind="http_status",
+        retry_after=None if retry_after is None else retry_after[:_MAX_RETRY_AFTER_CHARS],
+    )
+
+
+def _read_limited(response: urllib3.BaseHTTPResponse, body: bytearray, limit: int, deadline: float) -> bool:
+    """Append the body to ``body`` up to ``limit`` bytes, by ``deadline``; whether that was all of it.
+
+    Chunks land in ``body`` as they arrive, so a read that fails keeps what came before it.
+    """
     while len(body) < limit:
         if time.monotonic() >= deadline:
             raise TimeoutError("the attempt's time ran out")
         chunk = response.read1(limit - len(body))
         if not chunk:
-            return bytes(body), True
+            return True
         body += chunk
-    return bytes(body), False
+    return False
+
+
+def _body_problem(exc: Exception, budget: float) -> str:
+    """Why an answer's body did not arrive whole, in a few credential-free words."""
+    causes = _causes(exc)
+    if any(isinstance(c, (ReadTimeoutError, TimeoutError)) for c in causes):
+        return f"timed out after {budget:.1f}s"
+    if any(isinstance(c, ConnectionResetError) for c in causes):
+        return "connection reset by the CRM"
+    if any(isinstance(c, http.client.IncompleteRead) for c in causes):  # urllib3's IncompleteRead subclasses it
+        return "connection closed mid-body"
+    return f"{type(causes[-1]).__name__} while reading it"
 
 
 def _failure(exc: Exception, budget: float) -> _Try:
-    """An exception as a short, credential-free error, and whether to try again.
+    """An exception raised before the CRM's status and headers arrived, classified, short and credential-free.
 
-    Retried: failures before any of the request left us (could not connect,
-    connect timeout, DNS, see ``_attempt``). Not retried: everything after the
-    request was sent (read timeout, reset or close mid-answer): the CRM may
-    already have acted on it, and a POST is not safe to repeat unless the CRM
-    honours Idempotency-Key, which we cannot know. TLS failures are not
-    retried either: a bad certificate does not fix itself in a second.
+    Whether to try again is the core's call (contract §10). ``next_address``
+    is set only when no connection was made, so nothing was sent.
     """
     causes = _causes(exc)
     if isinstance(exc, NewConnectionError):  # before ConnectTimeoutError: it is a subclass
-        return _Try(None, error=f"could not connect: {_os_reason(causes)}", retryable=True, kind="connect_failed")
+        return _Try(None, error=f"could not connect: {_os_reason(causes)}", kind="connection", next_address=True)
     if isinstance(exc, ConnectTimeoutError):
-        return _Try(
-            None, error=f"could not connect: timed out after {budget:.1f}s", retryable=True, kind="connect_timeout"
-        )
+        return _Try(None, error=f"could not connect: timed out after {budget:.1f}s", kind="connection")
     if isinstance(exc, ClosedPoolError):
-        return _Try(None, error="connection pool closed before sending", retryable=True, kind="pool_closed")
+        return _Try(None, error="connection pool closed before sending", kind="connection")
     if isinstance(exc, SSLError) or any(isinstance(c, ssl.SSLError) for c in causes):
         return _Try(None, error=f"TLS failed: {_tls_reason(causes)}", kind="tls")
-    if isinstance(exc, (ReadTimeoutError, TimeoutError)):
-        return _Try(None, error=f"timed out after {budget:.1f}s without a complete answer", kind="read_timeout")
+    # Also a send that timed out: urllib3 reports it as a ProtocolError around the socket's TimeoutError.
+    if any(isinstance(c, (ReadTimeoutError, TimeoutError)) for c in causes):
+        return _Try(None, error=f"timed out after {budget:.1f}s without a complete answer", kind="timeout")
     if isinstance(exc, ProtocolError):
-        return _Try(None, error=_broken_reason(causes), kind="connection_broken")
-    if isinstance(exc, HTTPError):
-        return _Try(None, error=f"HTTP error: {type(exc).__name__}", kind=type(exc).__name__)
+        return _Try(None, error=_broken_reason(causes), kind="connection")
+    if isinstance(exc, HTTPError):  # urllib3 could not make sense of what came back
+        return _Try(None, error=f"HTTP error: {type(exc).__name__}", kind="connection")
+    log.error("CRM push attempt failed unexpectedly", extra={"error_class": type(exc).__name__})
     return _Try(None, error=f"internal error while sending: {type(exc).__name__}", kind="internal")
 
 
@@ -492,9 +457,7 @@ def _broken_reason(causes: list[BaseException]) -> str:
         if isinstance(cause, http.client.RemoteDisconnected):
             return "the CRM closed the connection without answering"
         if isinstance(cause, ConnectionResetError):
-            return "connection reset by the CRM before the answer was complete"
-        if isinstance(cause, http.client.IncompleteRead):
-            return "the CRM's answer ended early (connection closed mid-body)"
+            return "connection reset by the CRM before it answered"
         if isinstance(cause, BrokenPipeError):
             return "the CRM closed the connection while the request was being sent"
     return f"connection broken ({type(causes[-1]).__name__})"

@@ -19,6 +19,8 @@ from urllib.parse import unquote
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+from crm_push.push import ErrorKind
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]
 
@@ -34,19 +36,23 @@ _METADATA = {
 
 
 class DestinationError(Exception):
-    """Why a push cannot go to a URL. The message is safe to store: no userinfo, query or headers."""
+    """Why a push cannot go to a URL. The message is safe to store: no userinfo, query or headers.
 
-    retryable = False
+    ``error_kind`` is the contract's name for it (§10), which the core's
+    retry schedule reads to tell a final refusal from a passing DNS failure.
+    """
+
+    error_kind: ErrorKind = "destination_refused"
 
 
 class DestinationRefused(DestinationError):
-    """Not an allowed destination (scheme, malformed URL, or an internal address)."""
+    """Not an allowed destination (scheme, malformed URL, or an internal address): final."""
 
 
 class UnresolvableHost(DestinationError):
-    """DNS gave no address: possibly transient, so worth another try."""
+    """DNS gave no address: possibly transient. A lookup is a try to reach the CRM, unlike a refusal."""
 
-    retryable = True
+    error_kind: ErrorKind = "dns"
 
 
 @dataclass(frozen=True, slots=True)
