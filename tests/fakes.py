@@ -1,47 +1,139 @@
-"""In-memory stand-ins for the core's ports, so the core is tested without AWS or sockets."""
+"""In-memory stand-ins for the core's ports, so the core is tested without AWS or sockets.
+
+Each follows its real adapter's conditions (adapters/dynamodb.py, adapters/state.py,
+adapters/retry_queue.py); tests/integration/test_port_contracts.py runs the same
+scenarios against both, so the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crm_push.config import BotConfig, load_bot_config
-from crm_push.errors import AlreadyPushed, CallNotFound, ClaimHeld
-from crm_push.push import PushDeps, PushRequest, SendOutcome
+from crm_push.errors import AlreadyPushed, ClaimHeld, NotDue
+from crm_push.push import DeliveryState, DeliveryUpdate, PushDeps, PushRequest, SendOutcome
 
 
 class InMemoryCalls:
-    """The Calls table's claim/record semantics, as adapters/dynamodb.py implements them."""
+    """The Calls table's conditional outcome writes, as adapters/dynamodb.py implements them."""
 
     def __init__(self, *calls: dict[str, Any]) -> None:
         self.items: dict[str, dict[str, Any]] = {c["call_id"]: copy.deepcopy(c) for c in calls}
+        self.writes = 0
 
     def get_call(self, call_id: str) -> dict[str, Any] | None:
         item = self.items.get(call_id)
         return copy.deepcopy(item) if item else None
 
-    def claim(self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False) -> None:
+    def write_outcome(
+        self,
+        call_id: str,
+        result: dict[str, Any],
+        entries: list[dict[str, Any]],
+        event: dict[str, Any],
+        force: bool = False,
+    ) -> bool:
         item = self.items.get(call_id)
         if item is None:
-            raise CallNotFound(call_id)
-        if not force and "post_call_push_result" in item:
-            raise AlreadyPushed(call_id)
-        claim = item.get("post_call_push_claim")
-        if claim and claim["expires_at"] >= int(now.timestamp()):
-            raise ClaimHeld(call_id)
-        item["post_call_push_claim"] = {"claim_id": claim_id, "expires_at": int(now.timestamp()) + lease_seconds}
-
-    def record_result(self, call_id: str, claim_id: str, result: dict[str, Any], event: dict[str, Any]) -> bool:
-        item = self.items[call_id]
-        if item.get("post_call_push_claim", {}).get("claim_id") != claim_id:
             return False
-        item["post_call_push_result"] = result
-        item.setdefault("integration_log", []).append({"type": "post_call_push", **result})
-        item.setdefault("events", []).append(event)
-        del item["post_call_push_claim"]
+        stored = item.get("post_call_push_result")
+        if not force and isinstance(stored, dict):
+            older = stored["attempts"] < result["attempts"] or (
+                stored["attempts"] == result["attempts"] and stored["pushed_at"] != result["pushed_at"]
+            )
+            if not older:
+                return False
+        self.writes += 1
+        item["post_call_push_result"] = copy.deepcopy(result)
+        item.setdefault("integration_log", []).extend(copy.deepcopy(entries))
+        item.setdefault("events", []).append(copy.deepcopy(event))
         return True
+
+
+class InMemoryDelivery:
+    """The delivery-state table's claim/save/release, as adapters/state.py implements them."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+
+    def claim(
+        self, call_id: str, claim_id: str, trigger: str, now: datetime, lease_seconds: int, force: bool = False
+    ) -> DeliveryState:
+        epoch = int(now.timestamp())
+        old = self.items.get(call_id)
+        if old is not None:
+            lease = old.get("lease_until")
+            free = lease is None or lease < epoch or old.get("claim_id") == claim_id
+            if not force and old.get("st") == "done":
+                raise AlreadyPushed(call_id)
+            if not free:
+                raise ClaimHeld(call_id, until=lease)
+            if not force and old.get("due") is not None and old["due"] > epoch:
+                raise NotDue(call_id, due=old["due"], scheduled_by=old.get("by"))
+        before = copy.deepcopy(old or {})
+        item = self.items.setdefault(call_id, {"attempts": 0})
+        item.update({"claim_id": claim_id, "lease_until": epoch + lease_seconds, "claim_trigger": trigger})
+        holder = before.get("claim_id")
+        return DeliveryState(
+            attempts=before.get("attempts", 0),
+            status=before.get("st", "new"),
+            call_written=bool(before.get("written")),
+            unwritten=tuple(before.get("log", ())),
+            taken_over=holder is not None and holder != claim_id,
+            last_trigger=before.get("by"),
+        )
+
+    def save(self, call_id: str, claim_id: str, update: DeliveryUpdate, now: datetime) -> bool:
+        item = self.items.get(call_id)
+        if item is None or item.get("claim_id") != claim_id:
+            return False
+        for key in ("claim_id", "lease_until", "claim_trigger"):
+            item.pop(key, None)
+        item.update(
+            {
+                "attempts": update.attempts,
+                "st": update.status,
+                "written": update.call_written,
+                "log": [copy.deepcopy(e) for e in update.unwritten],
+            }
+        )
+        if update.trigger is not None:
+            item["by"] = update.trigger
+        if update.due is not None:
+            item["due"] = int(update.due.timestamp())
+        else:
+            item.pop("due", None)
+        return True
+
+    def release(self, call_id: str, claim_id: str) -> None:
+        item = self.items.get(call_id)
+        if item is not None and item.get("claim_id") == claim_id:
+            for key in ("claim_id", "lease_until", "claim_trigger"):
+                item.pop(key, None)
+
+
+@dataclass
+class QueuedMessage:
+    message: dict[str, Any]
+    delay_seconds: float
+
+
+class InMemoryQueue:
+    """The retry queue: keeps what was scheduled, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[QueuedMessage] = []
+
+    def schedule(self, message: dict[str, Any], delay_seconds: float) -> None:
+        self.messages.append(QueuedMessage(copy.deepcopy(message), delay_seconds))
+
+    def take(self) -> list[QueuedMessage]:
+        taken, self.messages = self.messages, []
+        return taken
 
 
 class StaticBots:
@@ -57,28 +149,52 @@ class StaticBots:
 
 @dataclass
 class ScriptedCrm:
-    """Answers every send with ``outcome`` and keeps the requests it was given."""
+    """Answers each send with the next of ``outcomes`` (the last one repeats) and keeps the requests."""
 
     outcome: SendOutcome = field(default_factory=lambda: SendOutcome(200, '{"ok":true}', None, 1, 12))
     requests: list[PushRequest] = field(default_factory=list)
+    outcomes: list[SendOutcome] = field(default_factory=list)
 
     def send(self, request: PushRequest, deadline: float | None = None) -> SendOutcome:
         self.requests.append(request)
+        if self.outcomes:
+            return self.outcomes[min(len(self.requests), len(self.outcomes)) - 1]
         return self.outcome
 
 
 FIXED_NOW = datetime(2026, 11, 25, 9, 33, 0, tzinfo=UTC)
 
 
+class FakeClock:
+    """A clock that only moves when told (or when the core sleeps)."""
+
+    def __init__(self, now: datetime = FIXED_NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 def make_deps(calls: InMemoryCalls, bots: StaticBots, crm: ScriptedCrm, **overrides: Any) -> PushDeps:
+    clock = overrides.pop("clock", None) or FakeClock()
+    sleep: Callable[[float], None] = overrides.pop(
+        "sleep", clock.advance if isinstance(clock, FakeClock) else (lambda _s: None)
+    )
     values: dict[str, Any] = {
         "calls": calls,
         "bots": bots,
         "crm": crm,
+        "delivery": InMemoryDelivery(),
+        "retry_queue": InMemoryQueue(),
         "presign": lambda bucket, key: f"https://s3.example.com/{bucket}/{key}?X-Amz-Signature=abc",
         "public_base_url": "https://api.example.com",
         "recordings_bucket": "voicebot-recordings",
-        "clock": lambda: FIXED_NOW,
+        "clock": clock,
+        "sleep": sleep,
+        "jitter": lambda: 0.5,
     }
     values.update(overrides)
     return PushDeps(**values)

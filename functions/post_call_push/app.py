@@ -1,6 +1,8 @@
 """Lambda entry point: parse the trigger, hand each call to the core, report what to retry.
 
-Wiring only. The push itself is ``crm_push.push.push_call``.
+Three triggers reach it (contract §3, §10): a DynamoDB stream batch, an
+EventBridge ``Call Results Stored`` event, and an SQS batch from the retry
+queue. Wiring only: the delivery itself is ``crm_push.push.push_call``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -18,12 +21,14 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType, async_process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from crm_push.adapters.retry_queue import decode_message
 from crm_push.config import Settings
-from crm_push.errors import ClaimHeld, StorageError
+from crm_push.errors import QueueError, ResultsNotStored, StorageError
 from crm_push.models import CallResultsStored, parse_call_results_stored, stream_call_image
-from crm_push.push import PushDeps, PushOutcome, push_call
+from crm_push.push import PushDeps, PushOutcome, handle_retry_message, push_call
 from crm_push.wiring import build_deps
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "post-call-push"))
@@ -32,20 +37,20 @@ copy_config_to_registered_loggers(source_logger=logger, include={"crm_push"})
 
 # Stop sending this long before Lambda's own timeout, so results are still written back.
 _WRITE_BACK_RESERVE_SECONDS = 3.0
+# Errors a later delivery of the same trigger can fix: report the record for retry.
+_RETRY_TRIGGER = (StorageError, QueueError)
 
 _deps: PushDeps | None = None
-_claim_wait_seconds = 15.0
 _executor: ThreadPoolExecutor | None = None
 _wiring_lock = threading.Lock()
 
 
 def _runtime() -> tuple[PushDeps, ThreadPoolExecutor]:
     """Adapters and the worker pool, created once per warm container."""
-    global _deps, _executor, _claim_wait_seconds
+    global _deps, _executor
     with _wiring_lock:
         if _deps is None or _executor is None:
             settings = Settings.from_env()
-            _claim_wait_seconds = settings.claim_wait_seconds
             _deps = build_deps(settings)
             _executor = ThreadPoolExecutor(max_workers=settings.push_concurrency, thread_name_prefix="push")
         return _deps, _executor
@@ -60,75 +65,95 @@ def _invocation_deps(context: LambdaContext | None) -> PushDeps:
 
 
 def _count(outcome: PushOutcome) -> None:
-    if outcome.result is not None:
-        metrics.add_metric(name=f"Push_{outcome.result.status}", unit=MetricUnit.Count, value=1)
-        metrics.add_metric(name="PushDuration", unit=MetricUnit.Milliseconds, value=outcome.result.duration_ms)
-    else:
+    result = outcome.result
+    if result is None:
         metrics.add_metric(name=f"NotPushed_{outcome.outcome}", unit=MetricUnit.Count, value=1)
+        return
+    metrics.add_metric(name=f"Push_{result.status}", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="PushDuration", unit=MetricUnit.Milliseconds, value=result.duration_ms)
+    if result.error_kind:
+        metrics.add_metric(name=f"PushErrorKind_{result.error_kind}", unit=MetricUnit.Count, value=1)
+    if result.next_attempt_at:
+        metrics.add_metric(name="AttemptScheduled", unit=MetricUnit.Count, value=1)
+    if result.exhausted:
+        metrics.add_metric(name="DeliveryExhausted", unit=MetricUnit.Count, value=1)
+        logger.error(
+            "delivery exhausted: no attempt left",
+            extra={"call_id": outcome.call_id, "attempts": result.attempts, "error_kind": result.error_kind},
+        )
 
 
-def _push_waiting_out_races(call_id: str, deps: PushDeps, call_doc: dict[str, Any] | None) -> PushOutcome:
-    """push_call, waiting a little when another invocation holds the call.
+def _run_batch(
+    event: dict[str, Any],
+    event_type: EventType,
+    handle: Callable[[Any, PushDeps], str],
+    context: LambdaContext,
+) -> dict[str, Any]:
+    """Each record on the worker pool; the records ``handle`` raised for are reported for retry."""
+    deps = _invocation_deps(context)
+    _, executor = _runtime()
 
-    A live holder finishes in about one CRM round trip, after which our claim
-    finds its result and stops; waiting here keeps a plain race from turning
-    into stream retries (and on-failure queue alarms). A holder that died keeps
-    its claim until the lease ends: then ClaimHeld propagates and the record is
-    reported for retry, as it should be.
-    """
-    deadline = deps.deadline()
-    give_up = time.monotonic() + _claim_wait_seconds
-    if deadline is not None:
-        give_up = min(give_up, deadline)
-    pause = 0.1
-    while True:
-        try:
-            return push_call(call_id, deps, call_doc=call_doc)
-        except ClaimHeld:
-            if time.monotonic() + pause > give_up:
-                raise
-            time.sleep(pause)
-            pause = min(pause * 2, 2.0)
+    async def record_handler(record: Any) -> str:
+        return await asyncio.get_running_loop().run_in_executor(executor, handle, record, deps)
+
+    # A processor per invocation: it holds the batch's successes and failures, and
+    # must not be shared if two invocations ever run in one process (tests, replays).
+    processor = AsyncBatchProcessor(event_type=event_type, raise_on_entire_batch_failure=False)
+    return async_process_partial_response(  # type: ignore[return-value]
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
 
 
-def _push_or_raise(call_id: str, deps: PushDeps, call_doc: dict[str, Any] | None) -> PushOutcome:
-    """Push one call. ClaimHeld and StorageError propagate: a later retry can succeed."""
-    outcome = _push_waiting_out_races(call_id, deps, call_doc)
+def _deliver(call_id: str, deps: PushDeps, trigger: str, **kwargs: Any) -> PushOutcome:
+    try:
+        outcome = push_call(call_id, deps, trigger=trigger, **kwargs)
+    except _RETRY_TRIGGER as exc:
+        logger.warning("push will be retried", extra={"call_id": call_id, "trigger": trigger, "error": str(exc)})
+        raise
     if outcome.outcome in ("no_config", "not_eligible", "call_not_found"):
         logger.info("call not pushed", extra={"call_id": call_id, "reason": outcome.outcome})
+    _count(outcome)
     return outcome
 
 
-def _make_record_handler(deps: PushDeps, executor: ThreadPoolExecutor) -> Any:
-    async def record_handler(record: DynamoDBRecord) -> str:
-        # A DynamoDBRecord is a Mapping over the raw record (never a dict), and the raw record may be anything.
-        raw = getattr(record, "raw_event", record)
-        section = raw.get("dynamodb") if isinstance(raw, dict) else None
-        sequence_number = section.get("SequenceNumber") if isinstance(section, dict) else None
-        try:
-            image = stream_call_image(record)
-        except ValueError as exc:
-            # Retrying cannot fix a malformed record: log it (never its contents) and move on.
-            logger.error(
-                "malformed stream record skipped", extra={"sequence_number": sequence_number, "error": str(exc)}
-            )
-            metrics.add_metric(name="MalformedRecord", unit=MetricUnit.Count, value=1)
-            return "malformed"
-        if image is None:
-            return "ignored"
-        loop = asyncio.get_running_loop()
-        try:
-            outcome = await loop.run_in_executor(executor, _push_or_raise, image["call_id"], deps, image)
-        except (ClaimHeld, StorageError) as exc:
-            logger.warning(
-                "push will be retried",
-                extra={"call_id": image["call_id"], "sequence_number": sequence_number, "error": str(exc)},
-            )
-            raise
+def _handle_stream_record(record: DynamoDBRecord, deps: PushDeps) -> str:
+    # A DynamoDBRecord is a Mapping over the raw record (never a dict), and the raw record may be anything.
+    raw = getattr(record, "raw_event", record)
+    section = raw.get("dynamodb") if isinstance(raw, dict) else None
+    sequence_number = section.get("SequenceNumber") if isinstance(section, dict) else None
+    try:
+        image = stream_call_image(record)
+    except ValueError as exc:
+        # Retrying cannot fix a malformed record: log it (never its contents) and move on.
+        logger.error("malformed stream record skipped", extra={"sequence_number": sequence_number, "error": str(exc)})
+        metrics.add_metric(name="MalformedRecord", unit=MetricUnit.Count, value=1)
+        return "malformed"
+    if image is None:
+        return "ignored"
+    event_id = raw.get("eventID") if isinstance(raw, dict) else None
+    return _deliver(image["call_id"], deps, f"stream:{event_id or sequence_number}", call_doc=image).outcome
+
+
+def _handle_retry_message(record: SQSRecord, deps: PushDeps) -> str:
+    message_id = record.message_id
+    try:
+        message = decode_message(record.body or "")
+        call_id = message.get("call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise ValueError("retry message has no call_id")
+    except ValueError as exc:
+        logger.error("malformed retry message dropped", extra={"message_id": message_id, "error": str(exc)})
+        metrics.add_metric(name="MalformedRecord", unit=MetricUnit.Count, value=1)
+        return "malformed"
+    try:
+        outcome = handle_retry_message(message, deps, message_id)
+    except _RETRY_TRIGGER as exc:
+        logger.warning("retry message will be retried", extra={"call_id": call_id, "error": str(exc)})
+        raise
+    if isinstance(outcome, PushOutcome):
         _count(outcome)
         return outcome.outcome
-
-    return record_handler
+    return outcome
 
 
 def _handle_event_bridge(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
@@ -141,8 +166,15 @@ def _handle_event_bridge(event: dict[str, Any], context: LambdaContext | None) -
         metrics.add_metric(name="MalformedEvent", unit=MetricUnit.Count, value=1)
         return {"status": "invalid_event", "error": str(exc)}
     logger.append_keys(call_id=detail.call_id, bot_id=detail.bot_id)
-    outcome = _push_or_raise(detail.call_id, _invocation_deps(context), None)
-    _count(outcome)
+    deps = _invocation_deps(context)
+    try:
+        outcome = _deliver(detail.call_id, deps, f"eventbridge:{event.get('id') or detail.call_id}")
+    except ResultsNotStored:
+        # Pushing now would send an empty call and mark it pushed. Raising makes Lambda retry the
+        # event later (then park it in the on-failure queue); the stream pushes it when results land.
+        logger.warning("event arrived before the call's results; not pushed, will be retried")
+        metrics.add_metric(name="EarlyEvent", unit=MetricUnit.Count, value=1)
+        raise
     return {"status": outcome.outcome, "result": outcome.result.status if outcome.result else None}
 
 
@@ -150,24 +182,28 @@ def _tracing_enabled() -> bool:
     return os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() not in ("1", "true", "yes")
 
 
+def _batch_source(event: dict[str, Any]) -> str | None:
+    records = event.get("Records")
+    if not isinstance(records, list):
+        return None
+    sources = {r.get("eventSource") for r in records if isinstance(r, dict)}
+    return "aws:sqs" if sources == {"aws:sqs"} else "aws:dynamodb"
+
+
 @metrics.log_metrics
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    if isinstance(event, dict) and isinstance(event.get("Records"), list):
-        deps = _invocation_deps(context)
-        _, executor = _runtime()
-        # A processor per invocation: it holds the batch's successes and failures, and
-        # must not be shared if two invocations ever run in one process (tests, replays).
-        processor = AsyncBatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
-        return async_process_partial_response(  # type: ignore[return-value]
-            event=event, record_handler=_make_record_handler(deps, executor), processor=processor, context=context
-        )
+    source = _batch_source(event) if isinstance(event, dict) else None
+    if source == "aws:sqs":
+        return _run_batch(event, EventType.SQS, _handle_retry_message, context)
+    if source == "aws:dynamodb":
+        return _run_batch(event, EventType.DynamoDBStreams, _handle_stream_record, context)
     if isinstance(event, dict) and "detail-type" in event:
         return _handle_event_bridge(event, context)
     logger.error(
         "unrecognised trigger ignored", extra={"keys": sorted(event)[:10] if isinstance(event, dict) else None}
     )
-    return {"status": "invalid_event", "error": "neither a DynamoDB stream batch nor an EventBridge event"}
+    return {"status": "invalid_event", "error": "not a DynamoDB stream batch, an SQS batch or an EventBridge event"}
 
 
 if _tracing_enabled():

@@ -43,7 +43,6 @@ def test_a_flagged_call_is_left_untouched(call, bot):
     assert outcome.outcome == "not_eligible"
     assert crm.requests == []
     assert "post_call_push_result" not in stored
-    assert "post_call_push_claim" not in stored
 
 
 def test_a_bot_without_push_config_is_left_untouched(call, bot):
@@ -177,20 +176,28 @@ def test_credentials_never_reach_the_result(call, bot):
 
 
 def test_a_call_already_pushed_is_not_pushed_again(call, bot):
-    call["post_call_push_result"] = {"status": "ok"}
-    outcome, stored, crm = run(call, bot)
-    assert outcome.outcome == "already_pushed"
-    assert crm.requests == []
-    assert stored.get("integration_log") == []
+    calls, crm = InMemoryCalls(call), ScriptedCrm()
+    deps = make_deps(calls, StaticBots(bot), crm)
+    assert push_call(call["call_id"], deps).outcome == "pushed"
+    again = push_call(call["call_id"], deps)
+    assert again.outcome == "already_pushed"
+    assert len(crm.requests) == 1
+    assert len(calls.items[call["call_id"]]["integration_log"]) == 1
 
 
 def test_a_replay_pushes_again_and_is_marked(call, bot):
-    call["post_call_push_result"] = {"status": "rejected"}
-    outcome, stored, crm = run(call, bot, replay=Replay(by="ops@example.com", reason="CRM fixed its schema"))
+    calls = InMemoryCalls(call)
+    crm = ScriptedCrm(outcomes=[SendOutcome(422, "bad field", None, 1, 5, "http_status"), SendOutcome(200, "ok")])
+    deps = make_deps(calls, StaticBots(bot), crm)
+    assert push_call(call["call_id"], deps).result.status == "rejected"
+    outcome = push_call(call["call_id"], deps, replay=Replay(by="ops@example.com", reason="CRM fixed its schema"))
+    stored = calls.items[call["call_id"]]
     assert outcome.outcome == "pushed"
-    assert len(crm.requests) == 1
+    assert len(crm.requests) == 2
+    assert stored["post_call_push_result"]["status"] == "ok"
+    assert stored["post_call_push_result"]["attempts"] == 2
     assert stored["post_call_push_result"]["replay"] == {"by": "ops@example.com", "reason": "CRM fixed its schema"}
-    assert stored["integration_log"][-1]["replay"]["by"] == "ops@example.com"
+    assert [e.get("replay", {}).get("by") for e in stored["integration_log"]] == [None, "ops@example.com"]
 
 
 def test_result_log_and_event_are_appended_after_existing_entries(call, bot):

@@ -8,19 +8,31 @@ tested with in-memory fakes.
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from crm_push.config import BotConfig, PostCallPushConfig, check_header
-from crm_push.errors import AlreadyPushed, CallNotFound, ConfigError
+from crm_push.delivery import is_retryable, iso_utc, next_attempt, schedule_for
+from crm_push.errors import (
+    AlreadyPushed,
+    ClaimHeld,
+    ConfigError,
+    NotDue,
+    PayloadTooLarge,
+    QueueError,
+    ResultsNotStored,
+    StorageError,
+)
 from crm_push.jsonvalues import to_json, to_text
 from crm_push.recording import Presigner, RecordingLinkMode, select_recording_url
+from crm_push.retry_after import parse_retry_after
 from crm_push.templates import compile_template
 from crm_push.variables import build_push_variables, parse_utc_timestamp
 
@@ -92,7 +104,11 @@ class Replay:
 
 @dataclass(frozen=True, slots=True)
 class PushResult:
-    """``post_call_push_result`` (contract §9), plus how many attempts and which recording link."""
+    """``post_call_push_result`` (contract §9 and §10), plus which recording link and, for replays, who asked.
+
+    ``status`` describes the latest attempt; ``attempts`` counts every attempt
+    of the delivery; ``next_attempt_at`` is set while another is scheduled.
+    """
 
     status: PushStatus
     http_status: int | None
@@ -103,6 +119,9 @@ class PushResult:
     pushed_at: str
     duration_ms: int
     attempts: int = 0
+    error_kind: ErrorKind | None = None
+    next_attempt_at: str | None = None
+    exhausted: bool = False
     recording_link: str = "none"
     replay: dict[str, str] | None = None
 
@@ -113,19 +132,70 @@ class PushResult:
         return item
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """A call's delivery as the state table had it when this push claimed it."""
+
+    attempts: int = 0
+    status: Literal["new", "scheduled", "done"] = "new"
+    call_written: bool = False  # the call item already carries a result of this delivery
+    unwritten: tuple[dict[str, Any], ...] = ()  # attempt entries not yet on the call's integration_log
+    taken_over: bool = False  # the previous holder's lease ran out: it may have died mid-attempt
+    last_trigger: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryUpdate:
+    """What the state table keeps after an attempt (or a reconciliation)."""
+
+    attempts: int
+    status: Literal["scheduled", "done"]
+    due: datetime | None
+    call_written: bool
+    unwritten: tuple[dict[str, Any], ...]
+    trigger: str | None
+
+
 class CallStore(Protocol):
     def get_call(self, call_id: str) -> dict[str, Any] | None: ...
 
-    def claim(self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False) -> None:
-        """Take the call for this push.
+    def write_outcome(
+        self, call_id: str, result: dict[str, Any], entries: list[dict[str, Any]], event: dict[str, Any], force: bool
+    ) -> bool:
+        """Set the result, append ``entries`` to ``integration_log`` and ``event`` to ``events``.
 
-        Raises CallNotFound, AlreadyPushed (a result exists and not ``force``)
-        or ClaimHeld (another push holds an unexpired lease).
+        Conditional: the call has no result yet, or one with fewer attempts
+        (``force``, for replays: any result). False when that write was
+        already made (a retried write after a lost answer, or a crash).
+        Raises StorageError.
         """
         ...
 
-    def record_result(self, call_id: str, claim_id: str, result: dict[str, Any], event: dict[str, Any]) -> bool:
-        """Write the result, append the log and the event, release the claim; False if the claim was lost."""
+
+class DeliveryStore(Protocol):
+    def claim(
+        self, call_id: str, claim_id: str, trigger: str, now: datetime, lease_seconds: int, force: bool
+    ) -> DeliveryState:
+        """Take the call's delivery for one attempt.
+
+        Raises AlreadyPushed (delivered, unless ``force``), NotDue (the next
+        attempt is scheduled later, unless ``force``), ClaimHeld (another
+        push holds a live lease) or StorageError.
+        """
+        ...
+
+    def save(self, call_id: str, claim_id: str, update: DeliveryUpdate, now: datetime) -> bool:
+        """Record the attempt and release the claim; False if the claim was lost meanwhile."""
+        ...
+
+    def release(self, call_id: str, claim_id: str) -> None:
+        """Give the claim back without an attempt."""
+        ...
+
+
+class RetryQueue(Protocol):
+    def schedule(self, message: dict[str, Any], delay_seconds: float) -> None:
+        """Deliver ``message`` to the handler after ``delay_seconds`` (the queue caps one hop). Raises QueueError."""
         ...
 
 
@@ -135,7 +205,7 @@ class BotDirectory(Protocol):
 
 class CrmSender(Protocol):
     def send(self, request: PushRequest, deadline: float | None = None) -> SendOutcome:
-        """Send and never raise: every failure comes back as a SendOutcome with ``error``."""
+        """One attempt; never raises: every failure comes back as a SendOutcome with ``error``."""
         ...
 
 
@@ -144,6 +214,8 @@ class PushDeps:
     calls: CallStore
     bots: BotDirectory
     crm: CrmSender
+    delivery: DeliveryStore
+    retry_queue: RetryQueue | None = None
     presign: Presigner | None = None
     public_base_url: str | None = None
     recordings_bucket: str | None = None
@@ -151,14 +223,31 @@ class PushDeps:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     deadline: Callable[[], float | None] = field(default=lambda: None)
     """Monotonic time by which sending must stop (the Lambda's remaining time), or None."""
+    attempt_seconds: float = 10.0
+    """How long one attempt may take: no attempt starts with less time than this left."""
+    sleep: Callable[[float], None] = time.sleep
+    jitter: Callable[[], float] = field(default=random.random)
+
+
+PushOutcomeKind = Literal[
+    "pushed",  # an attempt was made and recorded (its result says what came of it)
+    "scheduled",  # nothing due now: the next attempt is on the retry queue
+    "deferred",  # not attempted (the deadline was near): on the retry queue, no attempt spent
+    "claim_held",  # another invocation holds the call: a check is on the retry queue
+    "not_eligible",
+    "no_config",
+    "already_pushed",
+    "call_not_found",
+    "claim_lost",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class PushOutcome:
-    """What happened to one call; ``result`` is None when nothing was written."""
+    """What happened to one call; ``result`` is the attempt's result when one was made."""
 
     call_id: str
-    outcome: Literal["pushed", "not_eligible", "no_config", "already_pushed", "call_not_found", "claim_lost"]
+    outcome: PushOutcomeKind
     result: PushResult | None = None
 
 
@@ -188,10 +277,27 @@ def build_headers(config: PostCallPushConfig, variables: Mapping[str, Any], call
         for name, template in config.headers.items():
             value = compile_template(template).render(variables, drop_unresolved=True)
             check_header(name, value)  # a templated value must not smuggle CR/LF in either
+            check_latin1_header(name, value)
             headers[name] = value
     elif config.token:
         headers["Authorization"] = config.token
     return headers
+
+
+def check_latin1_header(name: str, value: str) -> None:
+    """HTTP/1.1 carries header values as Latin-1 bytes; anything else cannot be sent faithfully.
+
+    RFC 8187 encoding is defined only for parameters of particular headers,
+    and a CRM would not decode it on an arbitrary one: such a value belongs in
+    the payload, so the config is at fault.
+    """
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"header {name} has characters HTTP headers cannot carry (outside Latin-1); map that value into the"
+            " payload instead"
+        ) from None
 
 
 def build_request(
@@ -210,7 +316,7 @@ def build_request(
         url, body = config.url, to_json(payload).encode("utf-8")
         size = len(body)
     if size > MAX_PAYLOAD_BYTES:
-        raise ConfigError(f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes, so it was not sent")
+        raise PayloadTooLarge(f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes, so it was not sent")
     return PushRequest(call_id, config.method, url, headers, body, redact_url(config.url))
 
 
@@ -258,44 +364,73 @@ def _result(status: PushStatus, *, config: PostCallPushConfig | None, now: datet
         "error": None,
         "url": redact_url(config.url) if config and config.url else "",
         "method": config.method if config else "POST",
-        "pushed_at": now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "pushed_at": iso_utc(now),
         "duration_ms": 0,
     }
     base.update(fields)
     return PushResult(status=status, **base)
 
 
-def run_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps) -> PushResult:
-    """Render and send one claimed call; every failure becomes a result, none escapes."""
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """One attempt's result (``attempts`` already counts it), and what the ladder needs to know of it."""
+
+    result: PushResult
+    retryable: bool = False
+    retry_after: str | None = None
+    deferred: bool = False  # not sent after all (the deadline came first): no attempt, no outcome
+
+
+def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, attempts_before: int) -> AttemptOutcome:
+    """Render and send one attempt; every failure becomes a result, none escapes."""
     config = bot.push
     now = deps.clock()
+    counted = {"attempts": attempts_before}
     if config is None:
-        return _result("failed", config=None, now=now, error=bot.push_error or "invalid post_call_push config")
+        error = bot.push_error or "invalid post_call_push config"
+        return AttemptOutcome(_result("failed", config=None, now=now, error=error, error_kind="config", **counted))
     if not config.url:
-        return _result("skipped", config=config, now=now, error="post_call_push has no url")
+        error = "post_call_push has no url"
+        return AttemptOutcome(_result("skipped", config=config, now=now, error=error, error_kind="config", **counted))
     try:
         prepared = prepare_push(call_doc, bot, deps)
+    except PayloadTooLarge as exc:
+        failed = _result("failed", config=config, now=now, error=str(exc), error_kind="payload_too_large", **counted)
+        return AttemptOutcome(failed)
     except ConfigError as exc:
-        return _result("failed", config=config, now=now, error=str(exc))
+        return AttemptOutcome(_result("failed", config=config, now=now, error=str(exc), error_kind="config", **counted))
     except Exception as exc:  # a bug must still leave a readable record on the call
         log.exception("push could not be prepared", extra={"call_id": call_doc.get("call_id")})
-        return _result("failed", config=config, now=now, error=f"internal error while rendering: {type(exc).__name__}")
+        error = f"internal error while rendering: {type(exc).__name__}"
+        return AttemptOutcome(_result("failed", config=config, now=now, error=error, error_kind="internal", **counted))
 
     sent = deps.crm.send(prepared.request, deps.deadline())
-    return _result(
-        status_for(sent),
+    status = status_for(sent)
+    kind = sent.error_kind
+    if status == "rejected" and kind is None:
+        kind = "http_status"
+    if sent.attempts == 0 and sent.http_status is None and kind is None:
+        # The sender found no time left: nothing reached for the CRM, so nothing to record.
+        return AttemptOutcome(_result(status, config=config, now=now, **counted), deferred=True)
+    result = _result(
+        status,
         config=config,
         now=deps.clock(),
         http_status=sent.http_status,
         response_body=sent.response_body[:MAX_RESPONSE_BODY_CHARS],
         error=sent.error,
+        error_kind=None if status == "ok" else kind,
         duration_ms=sent.duration_ms,
-        attempts=sent.attempts,
+        attempts=attempts_before + sent.attempts,
         recording_link=prepared.recording_link,
     )
+    retryable = status != "ok" and is_retryable(sent.http_status, kind)
+    return AttemptOutcome(result, retryable=retryable, retry_after=sent.retry_after)
 
 
-# --- the whole push of one call -------------------------------------------------------
+# --- the delivery of one call -----------------------------------------------------------
+
+MAX_WAIT_IN_INVOCATION_SECONDS = 10.0  # longer delays ride the retry queue (contract §10)
 
 
 def push_call(
@@ -304,52 +439,306 @@ def push_call(
     *,
     call_doc: Mapping[str, Any] | None = None,
     replay: Replay | None = None,
+    trigger: str | None = None,
 ) -> PushOutcome:
-    """Push one call whose results were just stored (or replay it), and record what happened.
+    """Deliver one call whose results were stored (or replay it), attempt by attempt, recording what happened.
 
     ``call_doc`` is the item as the trigger saw it (a stream image); without
-    it the item is read. Raises ClaimHeld or StorageError when a retry later
-    can succeed; every other failure is recorded on the call.
+    it the item is read. ``trigger`` names the delivery that brought us here
+    (stable across its redeliveries: a stream event id, an SQS message id),
+    so a trigger retried after a crash can make sure the schedule it wrote
+    has its message on the queue. Raises ResultsNotStored for an early
+    event, and StorageError or QueueError when a retry of the trigger is
+    needed; every other failure is recorded on the call.
     """
+    trigger = trigger or f"direct:{uuid.uuid4().hex}"
     doc = call_doc if call_doc is not None else deps.calls.get_call(call_id)
     if doc is None:
         return PushOutcome(call_id, "call_not_found")
-    if doc.get("skip_post_push") is True and replay is None:
-        return PushOutcome(call_id, "not_eligible")
+    if replay is None:
+        if "results_stored_at" not in doc:
+            raise ResultsNotStored(f"call {call_id} has no results_stored_at yet")
+        if doc.get("skip_post_push") is True:
+            return PushOutcome(call_id, "not_eligible")
 
     bot_id = doc.get("bot_id")
     bot = deps.bots.get_bot(bot_id) if isinstance(bot_id, str) and bot_id else None
     if bot is None or not bot.has_push_config:
         return PushOutcome(call_id, "no_config")
 
-    claim_id = uuid.uuid4().hex
-    try:
-        # The claim echoes nothing back: the trigger's image (or the consistent read) is the
-        # call as its results were stored, and returning a 50 KB item would cost every push.
-        deps.calls.claim(call_id, claim_id, deps.clock(), deps.claim_lease_seconds, force=replay is not None)
-    except AlreadyPushed:
-        return PushOutcome(call_id, "already_pushed")
-    except CallNotFound:
-        return PushOutcome(call_id, "call_not_found")
+    while True:
+        if not _time_for_attempt(deps, 0.0):
+            _wake_up(deps, call_id, bot_id, deps.clock(), "deadline near, not attempted")
+            return PushOutcome(call_id, "deferred")
+        claim_id = uuid.uuid4().hex
+        try:
+            state = deps.delivery.claim(
+                call_id, claim_id, trigger, deps.clock(), deps.claim_lease_seconds, force=replay is not None
+            )
+        except AlreadyPushed:
+            return PushOutcome(call_id, "already_pushed")
+        except NotDue as exc:
+            if exc.scheduled_by == trigger:
+                # This trigger wrote that schedule and is being retried: its message may never have been sent.
+                _wake_up(deps, call_id, bot_id, _from_epoch(exc.due), "schedule re-sent after a retried trigger")
+            return PushOutcome(call_id, "scheduled")
+        except ClaimHeld as exc:
+            # The holder is usually alive and done in seconds; if it died, this check takes over after its lease.
+            # A lease is held through its last second: come back the second after.
+            when = _from_epoch(exc.until + 1) if exc.until is not None else deps.clock() + timedelta(seconds=1)
+            _wake_up(deps, call_id, bot_id, when, "another invocation holds the call")
+            return PushOutcome(call_id, "claim_held")
 
-    started = time.monotonic()
-    result = run_push(doc, bot, deps)
-    if replay is not None:
-        result = PushResult(**{**asdict(result), "replay": {"by": replay.by, "reason": replay.reason}})
-    event = {"type": "post_call_push", "t": seconds_since_start(doc, deps.clock()), "status": result.status}
-    recorded = deps.calls.record_result(call_id, claim_id, result.as_item(), event)
+        if state.taken_over and replay is None:
+            adopted = _adopt_recorded_outcome(call_id, deps, claim_id, state, trigger)
+            if adopted == "done":
+                return PushOutcome(call_id, "already_pushed")
+            if adopted == "scheduled":
+                continue  # claim again: due now, or NotDue re-sends the schedule's message
+
+        attempt = run_attempt(doc, bot, deps, state.attempts)
+        if attempt.deferred:
+            deps.delivery.release(call_id, claim_id)
+            _wake_up(deps, call_id, bot_id, deps.clock(), "deadline near, not attempted")
+            return PushOutcome(call_id, "deferred")
+        if replay is not None:
+            attempt = replace(
+                attempt, result=replace(attempt.result, replay={"by": replay.by, "reason": replay.reason})
+            )
+
+        result, due = _record_attempt(call_id, doc, bot, deps, claim_id, state, attempt, trigger, replay is not None)
+        if due is None:
+            return PushOutcome(call_id, "pushed", result)
+        delay = (due - deps.clock()).total_seconds()
+        if delay <= MAX_WAIT_IN_INVOCATION_SECONDS and _time_for_attempt(deps, delay):
+            deps.sleep(max(0.0, delay))
+            replay = None  # a replay's own retries are ordinary scheduled attempts
+            continue
+        _wake_up(deps, call_id, bot_id, due, "next attempt scheduled")
+        return PushOutcome(call_id, "pushed", result)
+
+
+def _record_attempt(
+    call_id: str,
+    doc: Mapping[str, Any],
+    bot: BotConfig,
+    deps: PushDeps,
+    claim_id: str,
+    state: DeliveryState,
+    attempt: AttemptOutcome,
+    trigger: str,
+    force: bool,
+) -> tuple[PushResult, datetime | None]:
+    """Decide what follows the attempt, then write the call (first outcome, or the end) and the state.
+
+    Returns the result as recorded and when the next attempt is due (None
+    when the delivery ended).
+    """
+    now = deps.clock()
+    result = attempt.result
+    due: datetime | None = None
+    ended_why = ""
+    if attempt.retryable:
+        schedule = schedule_for(bot.push.retry_schedule_seconds if bot.push else None)
+        nxt = next_attempt(
+            result.attempts,
+            schedule,
+            retry_after_seconds=parse_retry_after(attempt.retry_after, now.timestamp()),
+            jitter=deps.jitter(),
+        )
+        if nxt.delay_seconds is not None and deps.retry_queue is None:
+            nxt = replace(nxt, delay_seconds=None, reason="no retry queue is configured")
+        if nxt.delay_seconds is None:
+            ended_why = nxt.reason
+            result = replace(result, exhausted=True)
+        else:
+            due = now + timedelta(seconds=nxt.delay_seconds)
+            result = replace(result, next_attempt_at=iso_utc(due))
+    entry = {"type": "post_call_push", **result.as_item()}
+    write_call = due is None or not state.call_written
+    entries = [*state.unwritten, entry] if write_call else []
+    event = {"type": "post_call_push", "t": seconds_since_start(doc, now), "status": result.status}
+    update = DeliveryUpdate(
+        attempts=result.attempts,
+        status="scheduled" if due is not None else "done",
+        due=due,
+        call_written=state.call_written or write_call,
+        unwritten=() if write_call else (*state.unwritten, entry),
+        trigger=trigger,
+    )
+    try:
+        if write_call:
+            deps.calls.write_outcome(call_id, result.as_item(), entries, event, force)
+        saved = deps.delivery.save(call_id, claim_id, update, now)
+    except StorageError as exc:
+        # The CRM has answered: that must be recorded, never pushed again. The queue carries
+        # the writes to a later invocation; only if it fails too is the trigger retried.
+        _defer_record(
+            deps, call_id, bot.bot_id, claim_id, result, entries if write_call else None, event, update, force, exc
+        )
+        saved = True
     log.info(
-        "post-call push finished",
+        "post-call push attempt recorded",
         extra={
             "call_id": call_id,
-            "bot_id": bot_id,
+            "bot_id": bot.bot_id,
             "status": result.status,
             "http_status": result.http_status,
+            "error_kind": result.error_kind,
             "attempts": result.attempts,
+            "next_attempt_at": result.next_attempt_at,
+            "exhausted": result.exhausted,
+            "ended_why": ended_why or None,
             "duration_ms": result.duration_ms,
-            "total_ms": int((time.monotonic() - started) * 1000),
-            "recorded": recorded,
+            "call_written": write_call,
+            "claim_kept": saved,
             "error": result.error,
         },
     )
-    return PushOutcome(call_id, "pushed" if recorded else "claim_lost", result)
+    return result, due
+
+
+def _defer_record(
+    deps: PushDeps,
+    call_id: str,
+    bot_id: str,
+    claim_id: str,
+    result: PushResult,
+    entries: list[dict[str, Any]] | None,
+    event: dict[str, Any],
+    update: DeliveryUpdate,
+    force: bool,
+    cause: StorageError,
+) -> None:
+    log.error(
+        "recording the attempt failed; handing it to the retry queue", extra={"call_id": call_id, "error": str(cause)}
+    )
+    if deps.retry_queue is None:
+        raise cause
+    message = {
+        "kind": "record",
+        "call_id": call_id,
+        "bot_id": bot_id,
+        "claim_id": claim_id,
+        "result": result.as_item(),
+        "entries": entries,
+        "event": event,
+        "update": delivery_update_to_message(update),
+        "force": force,
+    }
+    try:
+        deps.retry_queue.schedule(message, 0)
+    except QueueError:
+        raise cause from None
+
+
+def handle_retry_message(message: Mapping[str, Any], deps: PushDeps, message_id: str) -> PushOutcome | str:
+    """One message from the retry queue: a wake-up for a call's next attempt, or writes left to finish.
+
+    A wake-up that arrives before its due time (SQS delays one hop by at most
+    15 minutes) goes back on the queue for the rest, and nothing is attempted.
+    """
+    call_id = str(message["call_id"])
+    if message.get("kind") == "record":
+        finish_record(message, deps)
+        return "recorded"
+    due = parse_utc_timestamp(message.get("due"))
+    now = deps.clock()
+    if due is not None and due > now:
+        if deps.retry_queue is None:
+            raise QueueError(f"call {call_id} has a wake-up for later and no retry queue to put it back on")
+        deps.retry_queue.schedule(dict(message), (due - now).total_seconds())
+        return "put_back"
+    return push_call(call_id, deps, trigger=f"sqs:{message_id}")
+
+
+def finish_record(message: Mapping[str, Any], deps: PushDeps) -> bool:
+    """Apply a ``record`` message: the writes an earlier invocation could not make. Idempotent."""
+    call_id = str(message["call_id"])
+    entries = message.get("entries")
+    if entries is not None:
+        deps.calls.write_outcome(
+            call_id, dict(message["result"]), list(entries), dict(message["event"]), bool(message.get("force"))
+        )
+    update = delivery_update_from_message(message["update"])
+    saved = deps.delivery.save(call_id, str(message["claim_id"]), update, deps.clock())
+    log.info("deferred attempt record written", extra={"call_id": call_id, "claim_kept": saved})
+    if saved and update.status == "scheduled" and update.due is not None:
+        _wake_up(deps, call_id, message.get("bot_id"), update.due, "next attempt scheduled")
+    return saved
+
+
+def delivery_update_to_message(update: DeliveryUpdate) -> dict[str, Any]:
+    return {
+        "attempts": update.attempts,
+        "status": update.status,
+        "due": iso_utc(update.due) if update.due else None,
+        "call_written": update.call_written,
+        "unwritten": list(update.unwritten),
+        "trigger": update.trigger,
+    }
+
+
+def delivery_update_from_message(raw: Mapping[str, Any]) -> DeliveryUpdate:
+    due = parse_utc_timestamp(raw.get("due")) if raw.get("due") else None
+    return DeliveryUpdate(
+        attempts=int(raw["attempts"]),
+        status="scheduled" if raw.get("status") == "scheduled" else "done",
+        due=due,
+        call_written=bool(raw.get("call_written")),
+        unwritten=tuple(raw.get("unwritten") or ()),
+        trigger=raw.get("trigger"),
+    )
+
+
+def _adopt_recorded_outcome(
+    call_id: str, deps: PushDeps, claim_id: str, state: DeliveryState, trigger: str
+) -> Literal["done", "scheduled"] | None:
+    """After taking over a dead holder's claim: adopt what it wrote on the call, if it got that far.
+
+    Its attempt may have reached the CRM and been written to the call item
+    before it died; that attempt is not made again. If it died before any
+    write, nothing shows it happened, and the attempt is made again: the one
+    duplicate the README documents.
+    """
+    fresh = deps.calls.get_call(call_id) or {}
+    recorded = fresh.get("post_call_push_result")
+    if not isinstance(recorded, Mapping):
+        return None
+    recorded_attempts = int(recorded.get("attempts") or 0)
+    if recorded_attempts <= state.attempts:
+        return None
+    due = parse_utc_timestamp(recorded.get("next_attempt_at")) if recorded.get("next_attempt_at") else None
+    update = DeliveryUpdate(
+        attempts=recorded_attempts,
+        status="scheduled" if due is not None else "done",
+        due=due,
+        call_written=True,
+        unwritten=(),
+        trigger=trigger,
+    )
+    deps.delivery.save(call_id, claim_id, update, deps.clock())
+    log.warning(
+        "took over a call whose holder died after recording an attempt",
+        extra={"call_id": call_id, "attempts": recorded_attempts, "scheduled": due is not None},
+    )
+    return "scheduled" if due is not None else "done"
+
+
+def _time_for_attempt(deps: PushDeps, after_seconds: float) -> bool:
+    deadline = deps.deadline()
+    return deadline is None or time.monotonic() + after_seconds + deps.attempt_seconds <= deadline
+
+
+def _wake_up(deps: PushDeps, call_id: str, bot_id: Any, when: datetime, why: str) -> None:
+    """Put a message on the retry queue that brings this call back to the handler at ``when``."""
+    if deps.retry_queue is None:
+        raise QueueError(f"call {call_id} needs the retry queue ({why}), and none is configured")
+    delay = max(0.0, (when - deps.clock()).total_seconds())
+    message = {"kind": "attempt", "call_id": call_id, "bot_id": bot_id, "due": iso_utc(when)}
+    deps.retry_queue.schedule(message, delay)
+    log.info("call scheduled", extra={"call_id": call_id, "due": message["due"], "why": why})
+
+
+def _from_epoch(epoch: int | float) -> datetime:
+    return datetime.fromtimestamp(float(epoch), UTC)

@@ -10,7 +10,10 @@ from botocore.config import Config
 from crm_push.adapters.crm_http import CrmHttpSender
 from crm_push.adapters.dynamodb import BotsTable, CallsTable
 from crm_push.adapters.recordings import make_presigner
+from crm_push.adapters.retry_queue import SqsRetryQueue
+from crm_push.adapters.state import DeliveryStateTable
 from crm_push.config import Settings
+from crm_push.errors import ConfigError
 from crm_push.push import PushDeps
 
 # Standard retry mode backs off on throttling; the short timeouts keep one slow
@@ -19,6 +22,8 @@ _AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_ti
 
 
 def build_deps(settings: Settings, *, session: Any = None, dynamodb_client: Any = None) -> PushDeps:
+    if not settings.push_state_table:
+        raise ConfigError("PUSH_STATE_TABLE is not set: the push keeps its delivery state there (contract §10)")
     session = session or boto3.session.Session()
     dynamodb = dynamodb_client or session.client(
         "dynamodb", config=_AWS_CONFIG.merge(Config(max_pool_connections=settings.push_concurrency + 4))
@@ -30,6 +35,10 @@ def build_deps(settings: Settings, *, session: Any = None, dynamodb_client: Any 
         crm=CrmHttpSender(
             pool_size=settings.push_concurrency, allow_private_networks=settings.push_allow_private_networks
         ),
+        delivery=DeliveryStateTable(dynamodb, settings.push_state_table),
+        retry_queue=SqsRetryQueue(settings.retry_queue_url, session=session, config=_AWS_CONFIG)
+        if settings.retry_queue_url
+        else None,
         presign=presign,
         public_base_url=settings.public_base_url,
         recordings_bucket=settings.recordings_bucket,

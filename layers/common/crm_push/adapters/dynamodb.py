@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,11 +16,10 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from crm_push.config import BotConfig, load_bot_config
-from crm_push.errors import AlreadyPushed, CallNotFound, ClaimHeld, StorageError
+from crm_push.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-CLAIM_ATTRIBUTE = "post_call_push_claim"
 RESULT_ATTRIBUTE = "post_call_push_result"
 
 _serializer = TypeSerializer()
@@ -48,7 +46,7 @@ def _dynamo_safe(value: Any) -> Any:
 
 
 class CallsTable:
-    """The Calls table: read a call, claim it for a push, record the result."""
+    """The Calls table: read a call, record a delivery's outcomes on it."""
 
     def __init__(self, client: Any, table_name: str) -> None:
         self._client = client
@@ -60,98 +58,74 @@ class CallsTable:
                 TableName=self._table, Key={"call_id": {"S": call_id}}, ConsistentRead=True
             )
         except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"reading call {call_id} failed: {_aws_error(exc)}") from exc
+            raise StorageError(f"reading call {call_id} failed: {aws_error(exc)}") from exc
         item = response.get("Item")
         return from_item(item) if item else None
 
-    def claim(self, call_id: str, claim_id: str, now: datetime, lease_seconds: int, force: bool = False) -> None:
-        """Conditional claim: only one push holds a call, and only until its lease ends.
+    def write_outcome(
+        self,
+        call_id: str,
+        result: dict[str, Any],
+        entries: list[dict[str, Any]],
+        event: dict[str, Any],
+        force: bool = False,
+    ) -> bool:
+        """Set the result, append the attempts to ``integration_log`` and one event to ``events``.
 
-        The lease lets a later delivery take over a call whose pusher died
-        between claim and write-back, instead of stranding it forever.
+        ``list_append`` on the server keeps entries other writers add
+        meanwhile. The condition makes a repeated write (a lost answer that
+        botocore re-sends, a crash replayed from the retry queue) a no-op:
+        the stored result must be older (fewer attempts, or as many and
+        another time). Returns False when the write was already made or the
+        call is gone.
         """
-        condition = "attribute_exists(call_id) AND (attribute_not_exists(#claim) OR #claim.expires_at < :now)"
+        condition = "attribute_exists(call_id)"
+        values: dict[str, Any] = {}
         if not force:
-            condition += " AND attribute_not_exists(#result)"
-        epoch = int(now.timestamp())
-        claim = {"claim_id": claim_id, "claimed_at": now.isoformat(), "expires_at": epoch + lease_seconds}
-        names = {"#claim": CLAIM_ATTRIBUTE}
-        if not force:
-            names["#result"] = RESULT_ATTRIBUTE
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"call_id": {"S": call_id}},
-                UpdateExpression="SET #claim = :claim",
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=to_item({":claim": claim, ":now": epoch}),
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            condition += (
+                " AND (attribute_not_exists(#result) OR #result.attempts < :attempts"
+                " OR (#result.attempts = :attempts AND #result.pushed_at <> :pushed_at))"
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise StorageError(f"claiming call {call_id} failed: {_aws_error(exc)}") from exc
-            old = from_item(exc.response.get("Item") or {})
-            if not old:
-                raise CallNotFound(f"call {call_id} does not exist") from exc
-            if not force and RESULT_ATTRIBUTE in old:
-                raise AlreadyPushed(f"call {call_id} was already pushed") from exc
-            raise ClaimHeld(f"call {call_id} is being pushed by another invocation") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"claiming call {call_id} failed: {_aws_error(exc)}") from exc
-
-    def record_result(self, call_id: str, claim_id: str, result: dict[str, Any], event: dict[str, Any]) -> bool:
-        """Write the result, append to ``integration_log`` and ``events``, release the claim.
-
-        ``list_append`` on the server keeps entries other writers add meanwhile.
-        """
-        try:
+            values = {":attempts": result.get("attempts", 0), ":pushed_at": result.get("pushed_at", "")}
+        updates: list[tuple[str, dict[str, Any]]] = [
+            (
+                "SET #result = :result,"
+                " integration_log = list_append(if_not_exists(integration_log, :empty), :log),"
+                " events = list_append(if_not_exists(events, :empty), :event)",
+                {":result": result, ":log": entries, ":event": [event], ":empty": []},
+            ),
+            # The appends cannot apply (integration_log or events is not a list, or the item would
+            # pass 400 KB): the result alone, then a reduced one without the CRM's body, so that
+            # whatever fitted before still says what happened.
+            ("SET #result = :result", {":result": result}),
+            ("SET #result = :result", {":result": reduced_result(result)}),
+        ]
+        for step, (update, update_values) in enumerate(updates):
             try:
-                return self._write_back(
-                    call_id,
-                    claim_id,
-                    "SET #result = :result,"
-                    " integration_log = list_append(if_not_exists(integration_log, :empty), :log),"
-                    " events = list_append(if_not_exists(events, :empty), :event)"
-                    " REMOVE #claim",
-                    {
-                        ":result": result,
-                        ":log": [{"type": "post_call_push", **result}],
-                        ":event": [event],
-                        ":empty": [],
-                    },
+                self._client.update_item(
+                    TableName=self._table,
+                    Key={"call_id": {"S": call_id}},
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames={"#result": RESULT_ATTRIBUTE},
+                    ExpressionAttributeValues=to_item({**update_values, **values}),
                 )
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ValidationException":
-                    raise
-                # The appends cannot apply (integration_log or events is not a list, or the item
-                # would pass 400 KB). The CRM already has the push: record the result alone rather
-                # than leave the record to retries that would push it again after the lease.
-                log.error(
-                    "push recorded without its integration_log and events entries",
-                    extra={"call_id": call_id, "error": _aws_error(exc)},
-                )
-                return self._write_back(call_id, claim_id, "SET #result = :result REMOVE #claim", {":result": result})
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"recording the push of call {call_id} failed: {_aws_error(exc)}") from exc
-
-    def _write_back(self, call_id: str, claim_id: str, update: str, values: dict[str, Any]) -> bool:
-        """One update made only while this push still holds the claim; False when the claim was lost."""
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"call_id": {"S": call_id}},
-                UpdateExpression=update,
-                ConditionExpression="#claim.claim_id = :claim_id",
-                ExpressionAttributeNames={"#result": RESULT_ATTRIBUTE, "#claim": CLAIM_ATTRIBUTE},
-                ExpressionAttributeValues=to_item({**values, ":claim_id": claim_id}),
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
-            log.warning("claim lost before write-back; result not recorded", extra={"call_id": call_id})
-            return False
-        return True
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "ConditionalCheckFailedException":
+                    log.info("call outcome already recorded (or call gone)", extra={"call_id": call_id})
+                    return False
+                if code == "ValidationException" and step + 1 < len(updates):
+                    log.error(
+                        "call outcome does not fit as a whole; recording less of it",
+                        extra={"call_id": call_id, "step": step + 1, "error": aws_error(exc)},
+                    )
+                    continue
+                raise StorageError(f"recording the push of call {call_id} failed: {aws_error(exc)}") from exc
+            except BotoCoreError as exc:
+                raise StorageError(f"recording the push of call {call_id} failed: {aws_error(exc)}") from exc
+            return True
+        return False  # unreachable: the last step either returned or raised
 
     def call_ids_by_bot(
         self,
@@ -198,7 +172,7 @@ class CallsTable:
             try:
                 response = self._client.query(**request)
             except (ClientError, BotoCoreError) as exc:
-                raise StorageError(f"listing the calls of bot {bot_id} failed: {_aws_error(exc)}") from exc
+                raise StorageError(f"listing the calls of bot {bot_id} failed: {aws_error(exc)}") from exc
             for item in response.get("Items", []):
                 keys = from_item(item)
                 stored_at = str(keys.get("results_stored_at", ""))
@@ -253,7 +227,13 @@ class BotsTable:
         self._provider.clear_cache()  # type: ignore[no-untyped-call]
 
 
-def _aws_error(exc: Exception) -> str:
+def reduced_result(result: dict[str, Any]) -> dict[str, Any]:
+    """What must still fit on a call item at DynamoDB's size limit: the outcome without the CRM's body."""
+    kept = ("status", "http_status", "error_kind", "attempts", "next_attempt_at", "exhausted", "pushed_at")
+    return {**{k: result.get(k) for k in kept}, "reduced": True}
+
+
+def aws_error(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return f"{error.get('Code', 'Error')}: {error.get('Message', '')}"[:300]

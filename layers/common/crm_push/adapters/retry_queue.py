@@ -1,0 +1,61 @@
+"""The retry queue (``RETRY_QUEUE_URL``): SQS carries delayed attempts back to the same handler.
+
+SQS delays one message by at most 15 minutes; a longer wait is carried in
+hops: the handler puts a message that arrives before its due time back for
+the rest of it (``push.py`` decides, this only sends).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from crm_push.adapters.dynamodb import aws_error
+from crm_push.errors import QueueError
+from crm_push.jsonvalues import to_json
+
+MAX_DELAY_SECONDS = 900
+MESSAGE_VERSION = 1
+
+
+class SqsRetryQueue:
+    """Sends retry messages; the SQS client is made on first use (most calls never need it)."""
+
+    def __init__(self, queue_url: str, *, client: Any = None, session: Any = None, config: Any = None) -> None:
+        self._url = queue_url
+        self._client = client
+        self._session = session
+        self._config = config
+        self._lock = threading.Lock()
+
+    def _sqs(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import boto3
+
+                    self._client = (self._session or boto3.session.Session()).client("sqs", config=self._config)
+        return self._client
+
+    def schedule(self, message: dict[str, Any], delay_seconds: float) -> None:
+        delay = min(MAX_DELAY_SECONDS, max(0, math.ceil(delay_seconds)))
+        body = to_json({"v": MESSAGE_VERSION, **message})
+        try:
+            self._sqs().send_message(QueueUrl=self._url, MessageBody=body, DelaySeconds=delay)
+        except (ClientError, BotoCoreError) as exc:
+            raise QueueError(f"scheduling call {message.get('call_id')} failed: {aws_error(exc)}") from exc
+
+
+def decode_message(body: str) -> dict[str, Any]:
+    """A retry message's body as sent by ``schedule``; ValueError when it is not one."""
+    try:
+        message = json.loads(body)
+    except ValueError as exc:
+        raise ValueError("retry message is not JSON") from exc
+    if not isinstance(message, dict):
+        raise ValueError("retry message is not a JSON object")
+    return message
