@@ -434,3 +434,70 @@ def test_a_header_outside_latin1_is_a_config_error_naming_the_header(call, bot):
     assert (world.result["status"], world.result["error_kind"]) == ("failed", "config")
     assert "X-Agent" in world.result["error"]
     assert "Latin-1" in world.result["error"]
+
+
+# --- a destination being spared (circuit open, rate limit) ----------------------------------
+
+
+class ScriptedGate:
+    """Holds the destination back ``holds`` times, then lets every send through."""
+
+    def __init__(self, clock: FakeClock, reason: str, hold_seconds: float, holds: int = 1) -> None:
+        self.clock, self.reason, self.hold_seconds, self.holds = clock, reason, hold_seconds, holds
+        self.destinations: list[str] = []
+
+    def send(self, destination: str, rate_limit_per_second: float | None, send: Any) -> Any:
+        from crm_push.push import HeldBack
+
+        self.destinations.append(destination)
+        if self.holds:
+            self.holds -= 1
+            return HeldBack(self.reason, self.clock.now + timedelta(seconds=self.hold_seconds))  # type: ignore[arg-type]
+        return send()
+
+
+def test_an_open_circuit_is_the_first_outcome_and_spends_no_attempt(call, bot):
+    world = World(call, bot)
+    world.deps.gate = ScriptedGate(world.clock, "circuit_open", 30)
+    outcome = push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+    assert outcome.outcome == "held_back"
+    assert world.crm.requests == []
+    result = world.result
+    assert (result["status"], result["attempts"], result["error_kind"]) == ("failed", 0, "circuit_open")
+    assert parse_utc_timestamp(result["next_attempt_at"]) == world.clock.now + timedelta(seconds=30)
+    assert world.stored.get("integration_log", []) == []
+    world.drain()
+    assert len(world.crm.requests) == 1
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 1)
+    assert [e["attempts"] for e in world.stored["integration_log"]] == [1]
+    assert world.deps.gate.destinations == ["https://crm.example.com:443"] * 2
+
+
+def test_an_open_circuit_after_the_first_outcome_does_not_rewrite_the_call(call, bot):
+    world = World(call, bot, DOWN, DOWN, OK)
+    gate = ScriptedGate(world.clock, "circuit_open", 600, holds=0)
+    world.deps.gate = gate
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+    writes = world.calls.writes
+    gate.holds = 1
+    world.drain()
+    assert world.calls.writes == writes + 1  # only the final write
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 3)
+
+
+def test_over_the_rate_limit_a_call_waits_for_the_next_second_without_spending_an_attempt(call, bot):
+    world = World(call, bot)
+    world.deps.gate = ScriptedGate(world.clock, "rate_limited", 0.4)
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+    assert len(world.crm.requests) == 1
+    assert world.queue.messages == []
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 1)
+
+
+def test_far_over_the_rate_limit_a_call_is_scheduled_and_nothing_is_written(call, bot):
+    world = World(call, bot)
+    world.deps.gate = ScriptedGate(world.clock, "rate_limited", 20)
+    assert push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1").outcome == "held_back"
+    assert "post_call_push_result" not in world.stored
+    world.drain()
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 1)

@@ -199,6 +199,31 @@ class RetryQueue(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class HeldBack:
+    """Not sent and not an attempt: the destination's circuit is open, or its rate limit is reached."""
+
+    reason: Literal["circuit_open", "rate_limited"]
+    until: datetime
+
+
+class DestinationGate(Protocol):
+    def send(
+        self, destination: str, rate_limit_per_second: float | None, send: Callable[[], SendOutcome]
+    ) -> SendOutcome | HeldBack:
+        """Run ``send`` unless the destination must be spared (contract §10: circuit breaker, rate limit)."""
+        ...
+
+
+class OpenGate:
+    """Every destination open and unlimited: for tools and tests that do not exercise the gate."""
+
+    def send(
+        self, destination: str, rate_limit_per_second: float | None, send: Callable[[], SendOutcome]
+    ) -> SendOutcome | HeldBack:
+        return send()
+
+
 class BotDirectory(Protocol):
     def get_bot(self, bot_id: str) -> BotConfig | None: ...
 
@@ -227,6 +252,7 @@ class PushDeps:
     """How long one attempt may take: no attempt starts with less time than this left."""
     sleep: Callable[[float], None] = time.sleep
     jitter: Callable[[], float] = field(default=random.random)
+    gate: DestinationGate = field(default_factory=OpenGate)
 
 
 PushOutcomeKind = Literal[
@@ -234,6 +260,7 @@ PushOutcomeKind = Literal[
     "scheduled",  # nothing due now: the next attempt is on the retry queue
     "deferred",  # not attempted (the deadline was near): on the retry queue, no attempt spent
     "claim_held",  # another invocation holds the call: a check is on the retry queue
+    "held_back",  # the destination's circuit is open or its rate limit reached: scheduled, no attempt spent
     "not_eligible",
     "no_config",
     "already_pushed",
@@ -344,6 +371,17 @@ def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps) ->
     return PreparedPush(build_request(config, payload, variables, call_id), payload, variables, link_mode)
 
 
+def destination_of(url: str) -> str:
+    """The circuit breaker's and rate limit's unit (contract §10): scheme, host and port, never credentials."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
 def status_for(outcome: SendOutcome) -> PushStatus:
     if outcome.http_status is None:
         return "failed"
@@ -379,6 +417,7 @@ class AttemptOutcome:
     retryable: bool = False
     retry_after: str | None = None
     deferred: bool = False  # not sent after all (the deadline came first): no attempt, no outcome
+    held: HeldBack | None = None  # not sent: the destination is being spared
 
 
 def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, attempts_before: int) -> AttemptOutcome:
@@ -404,7 +443,22 @@ def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, att
         error = f"internal error while rendering: {type(exc).__name__}"
         return AttemptOutcome(_result("failed", config=config, now=now, error=error, error_kind="internal", **counted))
 
-    sent = deps.crm.send(prepared.request, deps.deadline())
+    sent = deps.gate.send(
+        destination_of(config.url),
+        config.rate_limit_per_second,
+        lambda: deps.crm.send(prepared.request, deps.deadline()),
+    )
+    if isinstance(sent, HeldBack):
+        held = _result(
+            "failed",
+            config=config,
+            now=now,
+            error=f"not sent: {sent.reason.replace('_', ' ')} for this destination",
+            error_kind="circuit_open" if sent.reason == "circuit_open" else None,
+            recording_link=prepared.recording_link,
+            **counted,
+        )
+        return AttemptOutcome(held, held=sent)
     status = status_for(sent)
     kind = sent.error_kind
     if status == "rejected" and kind is None:
@@ -431,6 +485,7 @@ def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, att
 # --- the delivery of one call -----------------------------------------------------------
 
 MAX_WAIT_IN_INVOCATION_SECONDS = 10.0  # longer delays ride the retry queue (contract §10)
+MAX_RATE_LIMIT_WAIT_SECONDS = 1.0  # a call over the rate limit waits for the next second, no longer
 
 
 def push_call(
@@ -501,6 +556,15 @@ def push_call(
             deps.delivery.release(call_id, claim_id)
             _wake_up(deps, call_id, bot_id, deps.clock(), "deadline near, not attempted")
             return PushOutcome(call_id, "deferred")
+        if attempt.held is not None:
+            wait = (attempt.held.until - deps.clock()).total_seconds()
+            if attempt.held.reason == "rate_limited" and wait <= MAX_RATE_LIMIT_WAIT_SECONDS:
+                deps.delivery.release(call_id, claim_id)
+                deps.sleep(max(0.0, wait))
+                continue
+            _hold_back(call_id, doc, deps, claim_id, state, attempt, trigger)
+            _wake_up(deps, call_id, bot_id, attempt.held.until, attempt.held.reason)
+            return PushOutcome(call_id, "held_back", attempt.result)
         if replay is not None:
             attempt = replace(
                 attempt, result=replace(attempt.result, replay={"by": replay.by, "reason": replay.reason})
@@ -596,6 +660,51 @@ def _record_attempt(
         },
     )
     return result, due
+
+
+def _hold_back(
+    call_id: str,
+    doc: Mapping[str, Any],
+    deps: PushDeps,
+    claim_id: str,
+    state: DeliveryState,
+    attempt: AttemptOutcome,
+    trigger: str,
+) -> None:
+    """Schedule a held-back call for when its destination lets it through, spending no attempt.
+
+    An open circuit before the delivery's first outcome is that outcome
+    (contract §10): the call item says ``failed``, ``circuit_open`` and when
+    the next try goes, so an operator sees why nothing arrived yet.
+    """
+    assert attempt.held is not None
+    now = deps.clock()
+    result = replace(attempt.result, next_attempt_at=iso_utc(attempt.held.until))
+    write_call = attempt.held.reason == "circuit_open" and not state.call_written
+    update = DeliveryUpdate(
+        attempts=state.attempts,
+        status="scheduled",
+        due=attempt.held.until,
+        call_written=state.call_written or write_call,
+        unwritten=state.unwritten,
+        trigger=trigger,
+    )
+    if write_call:
+        event = {"type": "post_call_push", "t": seconds_since_start(doc, now), "status": result.status}
+        deps.calls.write_outcome(call_id, result.as_item(), list(state.unwritten), event, False)
+        update = replace(update, unwritten=())
+    deps.delivery.save(call_id, claim_id, update, now)
+    log.info(
+        "call held back",
+        extra={
+            "call_id": call_id,
+            "reason": attempt.held.reason,
+            "error_kind": result.error_kind,
+            "next_attempt_at": result.next_attempt_at,
+            "attempts": state.attempts,
+            "call_written": write_call,
+        },
+    )
 
 
 def _defer_record(
