@@ -13,6 +13,12 @@ DYNAMODB_LOCAL_VERSION := 11.1.0
 DYNAMODB_LOCAL := $(DYNAMODB_LOCAL_DIR)/.installed-$(DYNAMODB_LOCAL_VERSION)
 # pyenv ships the Lambda runtime's Python; sam build looks for python3.12 on PATH.
 SAM_ENV := PYENV_VERSION=3.11.7:3.12.1:3.13.0 SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1
+# checkov pins dozens of packages of its own: like the SAM CLI, it gets its own venv.
+CHECKOV_VENV := .checkov-venv
+CHECKOV_VERSION := 3.3.30
+# The "bring your own tables" deploy mode, linted next to the default one (values are examples).
+EXISTING_TABLES := ExistingCallsTableName=calls ExistingBotsTableName=bots \
+	ExistingCallsTableStreamArn=arn:aws:dynamodb:us-east-1:123456789012:table/calls/stream/2026-01-01T00:00:00.000
 export AWS_DEFAULT_REGION ?= us-east-1
 
 .PHONY: help venv run test lint format typecheck cfn unit bench build clean preview lint-config replay status
@@ -60,13 +66,27 @@ format: venv
 typecheck: venv
 	$(BIN)/mypy layers/common/crm_push functions/post_call_push push_cli scripts bench
 
-cfn: venv $(SAM_VENV)/.installed
+$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	@$(CHECKOV_VENV)/bin/pip install -q --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	@touch $@
+
+cfn: venv $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 	$(BIN)/cfn-lint template.yaml
+	$(BIN)/cfn-lint template.yaml --parameters $(EXISTING_TABLES)
 	$(SAM_ENV) $(SAM) validate --lint --template template.yaml
 	@# Neither check above expands SAM resources: lint the expansion too, so a broken !GetAtt fails here.
 	@mkdir -p .aws-sam
 	$(SAM_ENV) $(SAM_VENV)/bin/python scripts/sam_transform.py template.yaml > .aws-sam/transformed.json
+	$(SAM_ENV) $(SAM_VENV)/bin/python scripts/sam_transform.py template.yaml \
+		--parameter-overrides $(EXISTING_TABLES) > .aws-sam/transformed-existing-tables.json
 	$(BIN)/cfn-lint .aws-sam/transformed.json
+	$(BIN)/cfn-lint .aws-sam/transformed-existing-tables.json --parameters $(EXISTING_TABLES)
+	@# Security scan, offline. The SAM template carries the inline skip reasons; its expansion adds
+	@# the IAM role, permission and event-source checks that only exist once SAM has generated them.
+	@# Conditions are not evaluated, so one expansion covers both table modes. Any failure fails make.
+	$(CHECKOV_VENV)/bin/checkov --framework cloudformation --skip-download --compact --quiet \
+		-f template.yaml -f .aws-sam/transformed.json
 
 unit: venv
 	$(BIN)/pytest tests/unit -q
