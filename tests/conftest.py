@@ -1,11 +1,18 @@
-"""Shared fixtures: a moto server as AWS, a real local HTTP server as the CRM, the real handler."""
+"""Shared fixtures: DynamoDB Local and moto as AWS, a real local HTTP server as the CRM, the real handler.
+
+DynamoDB is DynamoDB Local (scripts/dynamodb_local.py), started once per
+session: conditional writes, streams and capacity behave as in AWS. S3, SQS,
+SSM and Secrets Manager are one moto server. Each test gets its own uniquely
+named tables, bucket and retry queue (scripts/local_stack.py defines them,
+for `make run` and the benches too); the handler finds them through the same
+environment variables as in AWS.
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,8 +24,28 @@ import boto3
 import pytest
 
 from crm_push.adapters.dynamodb import from_item
+from scripts.dynamodb_local import DynamoDBLocal
 from scripts.local_crm import LocalCrm
+from scripts.local_stack import (
+    AwsEndpoints,
+    LambdaContextStub,
+    MotoServer,
+    create_resources,
+    create_state_table,
+    create_tables,
+    to_dynamodb,
+)
 from scripts.make_events import stream_record
+
+__all__ = [
+    "REGION",
+    "LambdaContextStub",
+    "Stack",
+    "create_state_table",
+    "create_tables",
+    "insert_event",
+    "to_dynamodb",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -32,6 +59,7 @@ os.environ.update(
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,
         "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+        "AWS_EC2_METADATA_DISABLED": "true",
         "POWERTOOLS_METRICS_NAMESPACE": "PostCallPushTest",
         "POWERTOOLS_SERVICE_NAME": "post-call-push",
         "POWERTOOLS_TRACE_DISABLED": "true",
@@ -41,78 +69,70 @@ os.environ.pop("AWS_PROFILE", None)
 
 
 @pytest.fixture(scope="session")
+def dynamodb_local_endpoint() -> Iterator[str]:
+    """One DynamoDB Local for the session (a few seconds to start); tests share it through unique table names."""
+    with DynamoDBLocal() as server:
+        yield server.endpoint
+
+
+@pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """One moto server for the session, with DynamoDB's write atomicity (scripts/serial_moto.py).
-
-    Each test gets its own uniquely named tables.
-    """
-    server = subprocess.Popen(
-        [sys.executable, "-m", "scripts.serial_moto"], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
+    """One moto server for the session: S3, SQS, SSM, Secrets Manager."""
+    server = MotoServer().start()
     try:
-        assert server.stdout is not None
-        port = server.stdout.readline().strip()
-        assert port.isdigit(), "the test moto server did not start"
-        yield f"http://127.0.0.1:{port}"
+        yield server.endpoint
     finally:
-        server.terminate()  # it holds nothing worth a graceful stop
-        server.wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture
-def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    return moto_endpoint
+def aws(dynamodb_local_endpoint: str, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> AwsEndpoints:
+    """Points every AWS client built during the test at the local stack, as the function's environment would."""
+    endpoints = AwsEndpoints(dynamodb=dynamodb_local_endpoint, moto=moto_endpoint)
+    for name, value in endpoints.env().items():
+        monkeypatch.setenv(name, value)
+    return endpoints
 
 
 @pytest.fixture
-def dynamodb(aws: str) -> Any:
-    return boto3.client("dynamodb", region_name=REGION, endpoint_url=aws)
+def dynamodb(aws: AwsEndpoints) -> Any:
+    return boto3.client("dynamodb", region_name=REGION, endpoint_url=aws.dynamodb)
 
 
 @pytest.fixture
-def s3(aws: str) -> Any:
-    return boto3.client("s3", region_name=REGION, endpoint_url=aws)
+def dynamodb_streams(aws: AwsEndpoints) -> Any:
+    return boto3.client("dynamodbstreams", region_name=REGION, endpoint_url=aws.dynamodb)
 
 
-def create_tables(dynamodb: Any, suffix: str) -> tuple[str, str]:
-    calls, bots = f"Calls-{suffix}", f"Bots-{suffix}"
-    dynamodb.create_table(
-        TableName=calls,
-        KeySchema=[{"AttributeName": "call_id", "KeyType": "HASH"}],
-        AttributeDefinitions=[
-            {"AttributeName": "call_id", "AttributeType": "S"},
-            {"AttributeName": "bot_id", "AttributeType": "S"},
-            {"AttributeName": "results_stored_at", "AttributeType": "S"},
-        ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "bot_id-results_stored_at-index",
-                "KeySchema": [
-                    {"AttributeName": "bot_id", "KeyType": "HASH"},
-                    {"AttributeName": "results_stored_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "KEYS_ONLY"},
-            }
-        ],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-    )
-    dynamodb.create_table(
-        TableName=bots,
-        KeySchema=[{"AttributeName": "bot_id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "bot_id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    return calls, bots
+@pytest.fixture
+def s3(aws: AwsEndpoints) -> Any:
+    return boto3.client("s3", region_name=REGION, endpoint_url=aws.moto)
+
+
+@pytest.fixture
+def sqs(aws: AwsEndpoints) -> Any:
+    return boto3.client("sqs", region_name=REGION, endpoint_url=aws.moto)
 
 
 class Stack:
-    """The tables, bucket and CRM of one test, with helpers to seed and read them."""
+    """The tables, bucket, retry queue and CRM of one test, with helpers to seed and read them."""
 
-    def __init__(self, dynamodb: Any, s3: Any, crm: LocalCrm, calls: str, bots: str, bucket: str) -> None:
-        self.dynamodb, self.s3, self.crm = dynamodb, s3, crm
+    def __init__(
+        self,
+        dynamodb: Any,
+        s3: Any,
+        crm: LocalCrm,
+        calls: str,
+        bots: str,
+        bucket: str,
+        *,
+        state_table: str = "",
+        retry_queue_url: str = "",
+        sqs: Any = None,
+    ) -> None:
+        self.dynamodb, self.s3, self.sqs, self.crm = dynamodb, s3, sqs, crm
         self.calls_table, self.bots_table, self.bucket = calls, bots, bucket
+        self.state_table, self.retry_queue_url = state_table, retry_queue_url
 
     def put_bot(self, bot: dict[str, Any]) -> None:
         self.dynamodb.put_item(TableName=self.bots_table, Item=to_dynamodb(bot))
@@ -125,14 +145,6 @@ class Stack:
         return from_item(item.get("Item", {}))
 
 
-def to_dynamodb(item: dict[str, Any]) -> dict[str, Any]:
-    from boto3.dynamodb.types import TypeSerializer
-
-    serializer = TypeSerializer()
-    plain = json.loads(json.dumps(item), parse_float=Decimal)
-    return {k: serializer.serialize(v) for k, v in plain.items()}
-
-
 @pytest.fixture
 def crm() -> Iterator[LocalCrm]:
     with LocalCrm() as server:
@@ -140,17 +152,23 @@ def crm() -> Iterator[LocalCrm]:
 
 
 @pytest.fixture
-def stack(dynamodb: Any, s3: Any, crm: LocalCrm, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    suffix = uuid.uuid4().hex[:10]
-    calls, bots = create_tables(dynamodb, suffix)
-    bucket = f"recordings-{suffix}"
-    s3.create_bucket(Bucket=bucket)
-    monkeypatch.setenv("CALLS_TABLE", calls)
-    monkeypatch.setenv("BOTS_TABLE", bots)
+def stack(dynamodb: Any, s3: Any, sqs: Any, crm: LocalCrm, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    resources = create_resources(dynamodb, s3, sqs, uuid.uuid4().hex[:10])
+    for name, value in resources.env().items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("PUBLIC_BASE_URL", "https://api.example.com/")
-    monkeypatch.setenv("RECORDINGS_BUCKET", bucket)
     monkeypatch.setenv("PUSH_ALLOW_PRIVATE_NETWORKS", "true")
-    return Stack(dynamodb, s3, crm, calls, bots, bucket)
+    return Stack(
+        dynamodb,
+        s3,
+        crm,
+        resources.calls_table,
+        resources.bots_table,
+        resources.bucket,
+        state_table=resources.state_table,
+        retry_queue_url=resources.retry_queue_url,
+        sqs=sqs,
+    )
 
 
 @pytest.fixture
@@ -178,21 +196,6 @@ def handler(stack: Stack) -> Callable[[dict[str, Any]], Any]:
 
     invoke.module = app  # type: ignore[attr-defined]
     return invoke
-
-
-class LambdaContextStub:
-    """The attributes Powertools reads from Lambda's context object."""
-
-    function_name = "post-call-push"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:post-call-push"
-    aws_request_id = "req-" + uuid.uuid4().hex[:8]
-
-    def __init__(self, remaining_ms: int = 60_000) -> None:
-        self._remaining_ms = remaining_ms
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self._remaining_ms
 
 
 def insert_event(*calls: dict[str, Any], start_sequence: int = 1) -> dict[str, Any]:
