@@ -37,11 +37,12 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from scripts.dynamodb_local import DynamoDBLocal
 from scripts.local_crm import CrmAnswer, LocalCrm, ReceivedRequest, Responder
@@ -230,9 +231,9 @@ class LambdaContextStub:
 
 
 def _with_host(url: str, host: str) -> str:
-    scheme, rest = url.split("://", 1)
-    port = rest.rsplit(":", 1)[1]
-    return f"{scheme}://{host}:{port}"
+    """``url`` with its host replaced (port, path and query kept)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}"))
 
 
 class LocalStack:
@@ -307,7 +308,10 @@ class LocalStack:
             self.dynamodb = session.client("dynamodb", endpoint_url=self._dynamodb_local.endpoint)
             self.s3 = session.client("s3", endpoint_url=self._moto.endpoint)
             self.sqs = session.client("sqs", endpoint_url=self._moto.endpoint)
-            self._resources = create_resources(self.dynamodb, self.s3, self.sqs, self.suffix, self.bucket)
+            resources = create_resources(self.dynamodb, self.s3, self.sqs, self.suffix, self.bucket)
+            # moto names the queue after the host it was asked on; others ask on the public one.
+            queue_url = _with_host(resources.retry_queue_url, self.public_host)
+            self._resources = replace(resources, retry_queue_url=queue_url)
             if self._set_environ:
                 self._apply_environ(self.function_env())
         except BaseException:
