@@ -68,6 +68,8 @@ typecheck: venv
 
 $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	@# Ignored by its own .gitignore (as uv does for its venvs), so git and ruff skip it.
+	@echo '*' > $(CHECKOV_VENV)/.gitignore
 	@$(CHECKOV_VENV)/bin/pip install -q --disable-pip-version-check checkov==$(CHECKOV_VERSION)
 	@touch $@
 
