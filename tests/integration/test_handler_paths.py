@@ -66,17 +66,23 @@ def test_configured_headers_are_sent_instead_of_the_token(stack, handler, sample
     assert "Authorization" not in headers
 
 
-@pytest.mark.parametrize(("http_status", "status"), [(201, "ok"), (422, "rejected"), (500, "rejected")])
-def test_the_crm_status_is_recorded(stack, handler, sample_call, sample_bot, http_status, status):
+@pytest.mark.parametrize(
+    ("http_status", "status", "kind", "retried"),
+    [(201, "ok", None, False), (422, "rejected", "http_status", False), (500, "rejected", "http_status", True)],
+)
+def test_the_crm_status_is_recorded(stack, handler, sample_call, sample_bot, http_status, status, kind, retried):
     stack.crm.responder = lambda _req: CrmAnswer(status=http_status, body=b'{"error":"LEAD_ID missing"}')
+    sample_bot["post_call_push"]["retry_schedule_seconds"] = [600]
     seed(stack, sample_call, sample_bot)
 
     response = handler(insert_event(sample_call))
 
     result = result_of(stack, sample_call)
-    assert (result["status"], result["http_status"]) == (status, http_status)
+    assert (result["status"], result["http_status"], result["error_kind"]) == (status, http_status, kind)
     assert result["response_body"] == '{"error":"LEAD_ID missing"}'
-    assert response == {"batchItemFailures": []}  # recorded: a stream retry would not help
+    assert (result["next_attempt_at"] is not None) is retried
+    assert len(stack.crm.requests) == 1
+    assert response == {"batchItemFailures": []}  # recorded (and scheduled): a stream retry would not help
 
 
 def test_a_refused_connection_is_failed_with_the_reason(stack, handler, sample_call, sample_bot):
@@ -84,20 +90,23 @@ def test_a_refused_connection_is_failed_with_the_reason(stack, handler, sample_c
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     sample_bot["post_call_push"]["url"] = f"http://127.0.0.1:{closed_port}/in"
+    sample_bot["post_call_push"]["retry_schedule_seconds"] = [600]
     seed(stack, sample_call, sample_bot)
 
     handler(insert_event(sample_call))
 
     result = result_of(stack, sample_call)
-    assert result["status"] == "failed"
-    assert result["http_status"] is None
-    assert "refused" in result["error"].lower() or "connection" in result["error"].lower()
+    assert (result["status"], result["http_status"], result["error_kind"]) == ("failed", None, "connection")
+    assert "refused" in result["error"].lower()
+    assert (result["attempts"], result["exhausted"]) == (1, False)
+    assert result["next_attempt_at"] is not None
 
 
 @pytest.mark.slow
 def test_a_crm_that_never_answers_is_failed_after_the_10_s_timeout(stack, handler, sample_call, sample_bot):
     release = threading.Event()
     stack.crm.responder = lambda _req: (release.wait(15), CrmAnswer())[1]
+    sample_bot["post_call_push"]["retry_schedule_seconds"] = []
     seed(stack, sample_call, sample_bot)
 
     started = time.monotonic()
@@ -106,9 +115,9 @@ def test_a_crm_that_never_answers_is_failed_after_the_10_s_timeout(stack, handle
     release.set()
 
     result = result_of(stack, sample_call)
-    assert result["status"] == "failed"
+    assert (result["status"], result["error_kind"], result["exhausted"]) == ("failed", "timeout", True)
     assert "timed out" in result["error"]
-    assert 9.5 <= elapsed < 13
+    assert 9.5 <= elapsed < 20
 
 
 # --- eligibility ------------------------------------------------------------------------
@@ -317,9 +326,11 @@ def test_a_malformed_record_does_not_stop_the_rest_of_the_batch(stack, handler, 
     assert result_of(stack, sample_call)["status"] == "ok"
 
 
-def test_an_unreachable_table_asks_for_a_retry(stack, handler, sample_call, sample_bot, monkeypatch):
+def test_an_unreachable_state_table_asks_for_a_retry_before_anything_is_sent(
+    stack, handler, sample_call, sample_bot, monkeypatch
+):
     seed(stack, sample_call, sample_bot)
-    monkeypatch.setenv("CALLS_TABLE", "Calls-that-does-not-exist")
+    monkeypatch.setenv("PUSH_STATE_TABLE", "PushState-that-does-not-exist")
 
     response = handler(insert_event(sample_call), LambdaContextStub())
 

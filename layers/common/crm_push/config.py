@@ -45,6 +45,8 @@ class Settings(BaseModel):
     # Durable delivery (contract §10): where its state lives and which queue carries delayed attempts.
     push_state_table: str | None = None
     retry_queue_url: str | None = None
+    # SQS delays one message by 900 s at most; a longer wait hops. Lower only to hop sooner (tests).
+    retry_max_delay_seconds: int = Field(default=900, ge=0, le=900)
 
     @field_validator(
         "public_base_url",

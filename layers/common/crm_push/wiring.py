@@ -36,7 +36,12 @@ def build_deps(settings: Settings, *, session: Any = None, dynamodb_client: Any 
             pool_size=settings.push_concurrency, allow_private_networks=settings.push_allow_private_networks
         ),
         delivery=DeliveryStateTable(dynamodb, settings.push_state_table),
-        retry_queue=SqsRetryQueue(settings.retry_queue_url, session=session, config=_AWS_CONFIG)
+        retry_queue=SqsRetryQueue(
+            settings.retry_queue_url,
+            session=session,
+            config=_AWS_CONFIG,
+            max_delay_seconds=settings.retry_max_delay_seconds,
+        )
         if settings.retry_queue_url
         else None,
         presign=presign,

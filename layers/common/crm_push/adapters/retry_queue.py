@@ -25,8 +25,17 @@ MESSAGE_VERSION = 1
 class SqsRetryQueue:
     """Sends retry messages; the SQS client is made on first use (most calls never need it)."""
 
-    def __init__(self, queue_url: str, *, client: Any = None, session: Any = None, config: Any = None) -> None:
+    def __init__(
+        self,
+        queue_url: str,
+        *,
+        client: Any = None,
+        session: Any = None,
+        config: Any = None,
+        max_delay_seconds: int = MAX_DELAY_SECONDS,
+    ) -> None:
         self._url = queue_url
+        self._max_delay = max_delay_seconds
         self._client = client
         self._session = session
         self._config = config
@@ -42,7 +51,7 @@ class SqsRetryQueue:
         return self._client
 
     def schedule(self, message: dict[str, Any], delay_seconds: float) -> None:
-        delay = min(MAX_DELAY_SECONDS, max(0, math.ceil(delay_seconds)))
+        delay = min(self._max_delay, max(0, math.ceil(delay_seconds)))
         body = to_json({"v": MESSAGE_VERSION, **message})
         try:
             self._sqs().send_message(QueueUrl=self._url, MessageBody=body, DelaySeconds=delay)
