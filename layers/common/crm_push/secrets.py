@@ -76,55 +76,77 @@ class PushCredentials:
     verbatim_headers: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class CredentialSlot:
+    """One place a config holds a credential that a push uses, and how its value is checked."""
+
+    where: str  # "token", "headers.X-Api-Key", "signing_secret[1]": the config path, for errors
+    credential: Credential = field(repr=False)
+    header: str | None  # the header it is sent as; None for a signing secret
+
+    def check(self, value: str) -> None:
+        """ConfigError (naming no value) when ``value`` cannot be used here."""
+        if self.header is None:
+            parse_signing_secret(value)
+        else:
+            check_header(self.header, value)
+
+
+def credential_slots(config: PostCallPushConfig) -> tuple[CredentialSlot, ...]:
+    """Every credential a push of ``config`` uses: headers (else the token), then the signing secrets."""
+    slots: list[CredentialSlot] = []
+    if config.headers:
+        slots.extend(CredentialSlot(f"headers.{name}", value, name) for name, value in config.headers.items())
+    elif config.token is not None:
+        slots.append(CredentialSlot("token", config.token, "Authorization"))
+    secrets = config.signing_secret or ()
+    for index, secret in enumerate(secrets):
+        slots.append(CredentialSlot(f"signing_secret[{index}]" if len(secrets) > 1 else "signing_secret", secret, None))
+    return tuple(slots)
+
+
+def resolve_credential(slot: CredentialSlot, resolver: SecretResolver) -> str:
+    """The slot's value: plaintext as configured, a reference resolved and checked like plaintext would be."""
+    credential = slot.credential
+    if not isinstance(credential, SecretRef):
+        return credential  # plaintext: validated with the config
+    value = resolver.resolve(credential)
+    if not value:
+        raise SecretUnavailable(f"{slot.where}: {credential.describe()} is empty", transient=False)
+    try:
+        slot.check(value)
+    except ConfigError as exc:
+        # Checked like a plaintext value (a stored trailing newline would split the request),
+        # but reported as the store's problem: the config itself is fine.
+        raise SecretUnavailable(
+            f"{slot.where}: the value of {credential.describe()} is unusable: {exc}", transient=False
+        ) from None
+    return value
+
+
 def resolve_push_credentials(config: PostCallPushConfig, resolver: SecretResolver) -> PushCredentials:
     """Every credential of ``config`` as text. Raises SecretUnavailable naming the first that failed."""
-    headers: dict[str, str] | None = None
+    headers: dict[str, str] | None = {} if config.headers else None
     verbatim: set[str] = set()
     token: str | None = None
-    if config.headers:
-        headers = {}
-        for name, credential in config.headers.items():
-            headers[name] = _resolved(credential, resolver, f"header {name}", _header_check(name))
-            if isinstance(credential, SecretRef):
-                verbatim.add(name)
-    elif config.token is not None:
-        token = _resolved(config.token, resolver, "token", _header_check("Authorization"))
-    signing = tuple(
-        _resolved(credential, resolver, "signing_secret", _signing_check) for credential in config.signing_secret or ()
-    )
-    return PushCredentials(token, headers, signing, frozenset(verbatim))
+    signing: list[str] = []
+    for slot in credential_slots(config):
+        value = resolve_credential(slot, resolver)
+        if slot.header is None:
+            signing.append(value)
+        elif headers is not None:
+            headers[slot.header] = value
+            if isinstance(slot.credential, SecretRef):
+                verbatim.add(slot.header)
+        else:
+            token = value
+    return PushCredentials(token, headers, tuple(signing), frozenset(verbatim))
 
 
 def secret_values(creds: PushCredentials) -> frozenset[str]:
     """Every credential value of a push, for ``redaction.scrub`` (which derives the encoded forms)."""
     values = {creds.token or "", *(creds.headers or {}).values(), *creds.signing_secrets}
     return frozenset(value for value in values if value)
-
-
-def _header_check(name: str) -> Callable[[str], None]:
-    def check(value: str) -> None:
-        check_header(name, value)
-
-    return check
-
-
-def _signing_check(value: str) -> None:
-    parse_signing_secret(value)
-
-
-def _resolved(credential: Credential, resolver: SecretResolver, where: str, check: Callable[[str], None]) -> str:
-    if not isinstance(credential, SecretRef):
-        return credential  # plaintext: validated with the config
-    value = resolver.resolve(credential)
-    if not value:
-        raise SecretUnavailable(f"{where}: {credential.describe()} is empty", transient=False)
-    try:
-        check(value)
-    except ConfigError as exc:
-        # Checked like a plaintext value (a stored trailing newline would split the request),
-        # but reported as the store's problem: the config itself is fine.
-        raise SecretUnavailable(f"{where}: the value of {credential.describe()} is unusable: {exc}", False) from None
-    return value
 
 
 # --- the stores -------------------------------------------------------------------------------
