@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
 
-from crm_push.config import BotConfig, load_bot_config
+from crm_push.config import BotConfig, SecretRef, load_bot_config
 from crm_push.errors import ConfigError
+from crm_push.secrets import SecretResolver, SecretUnavailable, credential_slots, resolve_credential
 from crm_push.templates import PLACEHOLDER, compile_key_mapper, compile_template, lookup_candidates
 from crm_push.variables import NAMESPACES, build_push_variables
 from push_cli.display import json_type, print_json, row, table, truncate
@@ -204,13 +206,19 @@ def lint_bot(
     *,
     sample_calls: Sequence[Mapping[str, Any]] = (),
     schema: Mapping[str, Any] | None = None,
+    secret_resolver: Callable[[], SecretResolver] | None = None,
 ) -> LintReport:
+    """Findings for one bot item. ``secret_resolver`` builds the resolver that checks each reference
+    (with the operator's credentials); it is called only when the config has references, and None
+    skips that check with a warning."""
     report = LintReport(bot_id=bot_id, samples=len(sample_calls))
     report.findings.extend(_config_findings(item, bot_id))
     raw = item.get("post_call_push")
     if not isinstance(raw, Mapping):
         return report
     bot = load_bot_config(item, bot_id)
+    report.findings.extend(plaintext_credential_findings(raw, bot_id))
+    report.findings.extend(reference_findings(bot, secret_resolver))
     key_mapper = raw.get("key_mapper")
     raw_headers = raw.get("headers")
     headers: Mapping[str, Any] = raw_headers if isinstance(raw_headers, Mapping) else {}
@@ -301,6 +309,97 @@ def _config_findings(item: Mapping[str, Any], bot_id: str) -> Iterator[Finding]:
                 "timezone",
                 f"unknown timezone {timezone!r}: call times are sent in UTC",
                 "use an IANA name such as Asia/Kolkata",
+            )
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+# Header names whose values are credentials whatever the CRM calls them.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "apikey", "cookie"})
+_CREDENTIAL_WORDS = ("token", "secret", "key", "password", "passwd", "auth", "signature", "credential")
+
+
+def looks_like_credential(name: str) -> bool:
+    """A header or query parameter name under which a CRM expects a credential."""
+    lowered = name.lower()
+    return lowered in _CREDENTIAL_HEADERS or any(word in lowered for word in _CREDENTIAL_WORDS)
+
+
+def plaintext_credential_findings(raw: Mapping[str, Any], bot_id: str) -> Iterator[Finding]:
+    """Credentials written into the bot item itself: readable by anyone who can read bot configs."""
+    migrate = f"post-call-push secrets migrate --bot-id {bot_id}"
+    exposure = "stored in plain text in the bot config: anyone who can read bot configs can read it"
+    token = raw.get("token")
+    if isinstance(token, str) and token:
+        yield Finding("warning", "post_call_push.token", f"the token is {exposure}", migrate)
+    headers = raw.get("headers")
+    if isinstance(headers, Mapping):
+        for name, value in headers.items():
+            # A templated value is filled from call data at push time: no credential sits in the config.
+            if isinstance(value, str) and value and "{{" not in value and looks_like_credential(str(name)):
+                yield Finding("warning", f"post_call_push.headers.{name}", f"header {name} is {exposure}", migrate)
+    signing = raw.get("signing_secret")
+    entries = signing if isinstance(signing, (list, tuple)) else [signing]
+    if any(isinstance(entry, str) and entry for entry in entries):
+        yield Finding("warning", "post_call_push.signing_secret", f"the signing secret is {exposure}", migrate)
+    url = raw.get("url")
+    if isinstance(url, str) and url:
+        yield from _url_credential_findings(url)
+
+
+def _url_credential_findings(url: str) -> Iterator[Finding]:
+    try:
+        parts = urlsplit(url.strip())
+        password = parts.password
+    except ValueError:
+        return  # the config error already says the url is malformed
+    if password:
+        yield Finding(
+            "warning",
+            "post_call_push.url",
+            "the url carries a password in plain text (and the CRM may log it with the URL)",
+            "send it as an Authorization header kept in Secrets Manager instead",
+        )
+    names = sorted({name for name, _ in parse_qsl(parts.query, keep_blank_values=True) if looks_like_credential(name)})
+    if names:
+        yield Finding(
+            "warning",
+            "post_call_push.url",
+            f"the url's query parameter(s) {', '.join(names)} look like credentials, in plain text",
+            "if the CRM accepts it as a header, send it as one kept in Secrets Manager",
+        )
+
+
+def reference_findings(bot: BotConfig, secret_resolver: Callable[[], SecretResolver] | None) -> Iterator[Finding]:
+    """Each reference resolved as a push would resolve it; a failure is an error naming the reference and why."""
+    config = bot.push
+    if config is None or not config.references:
+        return
+    slots = [slot for slot in credential_slots(config) if isinstance(slot.credential, SecretRef)]
+    if secret_resolver is None:
+        yield Finding(
+            "warning",
+            "post_call_push",
+            f"{len(slots)} secret reference(s) not checked",
+            "run without --skip-secrets, with credentials that can read them",
+        )
+        return
+    resolver = secret_resolver()
+    for slot in slots:
+        try:
+            resolve_credential(slot, resolver)
+        except SecretUnavailable as exc:
+            if exc.transient:
+                hint = "the store was throttling or unreachable: run the lint again"
+            elif "access denied" in str(exc) or "KMS key" in str(exc):
+                hint = "check that both your credentials and the function's role can read it"
+            else:
+                hint = "create it (post-call-push secrets migrate) or fix the reference"
+            yield Finding(
+                "error",
+                f"post_call_push.{slot.where}",
+                str(exc),
+                f"{hint}; until then pushes fail with error_kind secret",
             )
 
 

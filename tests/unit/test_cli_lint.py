@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from crm_push.config import SecretRef
+from crm_push.secrets import SecretUnavailable
 from push_cli.lint import brace_findings, edit_distance, lint_bot, suggest_name
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -89,7 +92,8 @@ def test_the_sample_bot_is_clean_against_the_sample_call(bot, call):
     report = lint_bot(bot, "bot-loan-reminder-01", sample_calls=[call])
 
     assert report.errors == 0
-    assert report.warnings == 0
+    # The sample keeps its token in the bot item, as bots did before secrets by reference: only that is flagged.
+    assert [(f.severity, f.where) for f in report.findings] == [("warning", "post_call_push.token")]
     assert report.placeholders == 17
 
 
@@ -188,3 +192,121 @@ def test_a_bot_without_a_push_config_is_an_error(bot):
     del bot["post_call_push"]
 
     assert "never pushed" in errors(lint_bot(bot, "b"))["post_call_push"]
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+SIGNING = "whsec_" + base64.b64encode(b"lint-signing-key-0123456789").decode()
+
+
+def warnings_of(report: Any) -> dict[str, str]:
+    return {f.where: f.problem for f in report.findings if f.severity == "warning"}
+
+
+def test_plaintext_credentials_are_warned_about_and_the_fix_named(bot):
+    bot["post_call_push"].update(
+        url="https://crm-user:pw-4242@crm.example.com/in?api_key=qs-5151&source=bot",
+        headers={
+            "Authorization": "Bearer sk_live_abc",
+            "X-Api-Key": "ak-123",
+            "X-Partner-Token": "pt-456",
+            "X-Source": "voicebot",
+            "X-Session-Key": "{{crm.SESSION_KEY}}",
+        },
+        signing_secret=[SIGNING],
+    )
+
+    report = lint_bot(bot, "bot-1")
+
+    found = warnings_of(report)
+    assert "plain text in the bot config" in found["post_call_push.token"]
+    assert "header Authorization is stored in plain text" in found["post_call_push.headers.Authorization"]
+    assert "post_call_push.headers.X-Api-Key" in found
+    assert "post_call_push.headers.X-Partner-Token" in found
+    assert "post_call_push.headers.X-Source" not in found  # not a credential's name
+    assert "post_call_push.headers.X-Session-Key" not in found  # filled from call data, nothing stored
+    assert "the signing secret is stored in plain text" in found["post_call_push.signing_secret"]
+    url_warnings = [f.problem for f in report.findings if f.where == "post_call_push.url"]
+    assert any("carries a password" in w for w in url_warnings)
+    assert any("api_key look like credentials" in w for w in url_warnings)
+    migrate = {f.suggestion for f in report.findings if f.where.startswith("post_call_push.headers")}
+    assert migrate == {"post-call-push secrets migrate --bot-id bot-1"}
+    shown = json.dumps(report.as_json())
+    for value in ("sk_live_abc", "ak-123", "pt-456", "pw-4242", "qs-5151", SIGNING):
+        assert value not in shown
+
+
+def test_a_malformed_signing_secret_is_an_error_that_never_quotes_it(bot):
+    bot["post_call_push"]["signing_secret"] = "whsec_c2hvcnQtc2VjcmV0"  # 12 bytes: too short
+
+    report = lint_bot(bot, "b")
+
+    assert "signing_secret decodes to 12 bytes" in errors(report)["post_call_push"]
+    assert "c2hvcnQtc2VjcmV0" not in json.dumps(report.as_json())
+
+
+class StoreOf:
+    """The resolver port over a dict: which reference holds what, or why it cannot be read."""
+
+    def __init__(self, values: dict[SecretRef, str | SecretUnavailable]) -> None:
+        self.values = values
+        self.asked: list[SecretRef] = []
+
+    def resolve(self, ref: SecretRef) -> str:
+        self.asked.append(ref)
+        value = self.values.get(ref, SecretUnavailable(f"{ref.describe()} does not exist (ParameterNotFound)", False))
+        if isinstance(value, SecretUnavailable):
+            raise value
+        return value
+
+
+def referencing(bot: dict[str, Any]) -> dict[str, Any]:
+    del bot["post_call_push"]["token"]
+    bot["post_call_push"]["headers"] = {
+        "Authorization": {"secret": "post-call-push/b", "key": "token"},
+        "X-Api-Key": {"parameter": "/crm/b/key"},
+    }
+    bot["post_call_push"]["signing_secret"] = {"secret": "post-call-push/b", "key": "signing_secret"}
+    return bot
+
+
+def test_references_that_resolve_pass_and_plaintext_warnings_go(bot, call):
+    store = StoreOf(
+        {
+            SecretRef(secret="post-call-push/b", key="token"): "Bearer sk_live_resolved",
+            SecretRef(parameter="/crm/b/key"): "ak-resolved",
+            SecretRef(secret="post-call-push/b", key="signing_secret"): SIGNING,
+        }
+    )
+
+    report = lint_bot(referencing(bot), "b", sample_calls=[call], secret_resolver=lambda: store)
+
+    assert report.findings == []
+    assert len(store.asked) == 3
+
+
+def test_each_reference_that_fails_is_an_error_naming_it_and_why(bot):
+    store = StoreOf(
+        {
+            SecretRef(secret="post-call-push/b", key="token"): "Bearer sk_live_resolved\n",
+            SecretRef(secret="post-call-push/b", key="signing_secret"): SecretUnavailable(
+                "secret post-call-push/b key signing_secret: the store is throttling or unavailable (Throttling)", True
+            ),
+        }
+    )
+
+    report = lint_bot(referencing(bot), "b", secret_resolver=lambda: store)
+
+    found = {f.where: f for f in report.findings if f.severity == "error"}
+    assert "control character" in found["post_call_push.headers.Authorization"].problem
+    assert "parameter /crm/b/key does not exist" in found["post_call_push.headers.X-Api-Key"].problem
+    assert "create it" in found["post_call_push.headers.X-Api-Key"].suggestion
+    assert "run the lint again" in found["post_call_push.signing_secret"].suggestion
+    assert "sk_live_resolved" not in json.dumps(report.as_json())
+
+
+def test_without_a_resolver_references_are_reported_unchecked_and_none_is_read(bot):
+    report = lint_bot(referencing(bot), "b")
+
+    assert "3 secret reference(s) not checked" in warnings_of(report)["post_call_push"]
+    assert report.errors == 0
