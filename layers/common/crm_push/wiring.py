@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
 from crm_push.adapters.crm_http import CrmHttpSender
+from crm_push.adapters.destination_gate import state_table_gate
 from crm_push.adapters.dynamodb import BotsTable, CallsTable
 from crm_push.adapters.recordings import make_presigner
 from crm_push.adapters.retry_queue import SqsRetryQueue
@@ -21,7 +23,14 @@ from crm_push.push import PushDeps
 _AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=5)
 
 
-def build_deps(settings: Settings, *, session: Any = None, dynamodb_client: Any = None) -> PushDeps:
+def build_deps(
+    settings: Settings,
+    *,
+    session: Any = None,
+    dynamodb_client: Any = None,
+    count_metric: Callable[[str], None] | None = None,
+) -> PushDeps:
+    """``count_metric`` counts the destination gate's events (``CircuitOpened``, ``RateLimited``, ...) by name."""
     if not settings.push_state_table:
         raise ConfigError("PUSH_STATE_TABLE is not set: the push keeps its delivery state there (contract §10)")
     session = session or boto3.session.Session()
@@ -48,4 +57,6 @@ def build_deps(settings: Settings, *, session: Any = None, dynamodb_client: Any 
         public_base_url=settings.public_base_url,
         recordings_bucket=settings.recordings_bucket,
         claim_lease_seconds=settings.claim_lease_seconds,
+        # Circuit breaker and rate limit per destination (contract §10), in the delivery-state table.
+        gate=state_table_gate(dynamodb, settings.push_state_table, count_metric=count_metric),
     )

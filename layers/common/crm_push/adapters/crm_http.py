@@ -5,7 +5,8 @@ every resolved address public unless private networks are allowed), connect
 to the very address that was checked (no second DNS lookup; when one address
 refuses the connection the next checked one is tried, within the same
 attempt), send, and read the answer only as far as we store it, all within
-one wall-clock budget (10 s, or less when the Lambda's deadline is nearer).
+one wall-clock budget (10 s, or less when the Lambda's deadline is nearer),
+of which the TCP connection may take 3 s.
 3xx is never followed. Retrying is the core's job (contract §10), decided
 from the returned SendOutcome's ``error_kind``, ``http_status`` and
 ``retry_after``.
@@ -61,6 +62,10 @@ from crm_push.push import MAX_RESPONSE_BODY_CHARS, ErrorKind, PushRequest, SendO
 log = logging.getLogger(__name__)
 
 TOTAL_TIMEOUT_SECONDS = 10.0
+# A TCP handshake takes one round trip (well under 0.5 s between continents), and a lost SYN
+# is sent again after 1 s: a CRM that has not accepted the connection in 3 s is down or drowning,
+# and would not answer within the 10 s anyway. Failing then frees the worker for the next call.
+CONNECT_TIMEOUT_SECONDS = 3.0
 # A valid Retry-After is at most 29 characters; a longer one is passed on cut, never whole.
 _MAX_RETRY_AFTER_CHARS = 64
 # UTF-8 needs at most 4 bytes a character: this is enough to fill the stored body.
@@ -187,7 +192,8 @@ class CrmHttpSender:
 
     ``pool``: only its TLS trust settings (``ca_certs``, ``ssl_context``, ...)
     are used, for the per-address pools; certificate checks always stay on.
-    ``total_timeout`` bounds the attempt, connect to last byte; tests shorten it.
+    ``total_timeout`` bounds the attempt, connect to last byte; ``connect_timeout``
+    bounds the TCP connection within it. Tests shorten them.
     """
 
     def __init__(
@@ -197,12 +203,14 @@ class CrmHttpSender:
         allow_private_networks: bool = False,
         *,
         total_timeout: float = TOTAL_TIMEOUT_SECONDS,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     ) -> None:
         inherited = pool.connection_pool_kw if pool is not None else {}
         self._tls_settings = {k: v for k, v in inherited.items() if k in _INHERITED_TLS_SETTINGS}
         self._pool_size = pool_size
         self._allow_private_networks = allow_private_networks
         self.total_timeout = total_timeout
+        self.connect_timeout = connect_timeout
         self._pools: OrderedDict[tuple[str, str, int, str], HTTPConnectionPool] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -264,6 +272,7 @@ class CrmHttpSender:
     ) -> _Try:
         pool = self._pool_for(destination, address)
         remaining = max(0.001, attempt_deadline - time.monotonic())
+        connect_wait = min(self.connect_timeout, remaining)
         _current.deadline = attempt_deadline
         try:
             response = pool.urlopen(
@@ -274,12 +283,12 @@ class CrmHttpSender:
                 retries=False,
                 redirect=False,
                 assert_same_host=False,
-                timeout=urllib3.Timeout(connect=remaining, read=remaining),
+                timeout=urllib3.Timeout(connect=connect_wait, read=remaining),
                 preload_content=False,
                 release_conn=False,
             )
         except Exception as exc:
-            return _failure(exc, budget)
+            return _failure(exc, budget, connect_wait)
         finally:
             # The response keeps its own deadline: it was built inside urlopen.
             _current.deadline = None
@@ -390,7 +399,7 @@ def _body_problem(exc: Exception, budget: float) -> str:
     return f"{type(causes[-1]).__name__} while reading it"
 
 
-def _failure(exc: Exception, budget: float) -> _Try:
+def _failure(exc: Exception, budget: float, connect_wait: float) -> _Try:
     """An exception raised before the CRM's status and headers arrived, classified, short and credential-free.
 
     Whether to try again is the core's call (contract §10). ``next_address``
@@ -400,7 +409,7 @@ def _failure(exc: Exception, budget: float) -> _Try:
     if isinstance(exc, NewConnectionError):  # before ConnectTimeoutError: it is a subclass
         return _Try(None, error=f"could not connect: {_os_reason(causes)}", kind="connection", next_address=True)
     if isinstance(exc, ConnectTimeoutError):
-        return _Try(None, error=f"could not connect: timed out after {budget:.1f}s", kind="connection")
+        return _Try(None, error=f"could not connect: timed out after {connect_wait:.1f}s", kind="connection")
     if isinstance(exc, ClosedPoolError):
         return _Try(None, error="connection pool closed before sending", kind="connection")
     if isinstance(exc, SSLError) or any(isinstance(c, ssl.SSLError) for c in causes):
