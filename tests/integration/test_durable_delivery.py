@@ -8,7 +8,6 @@ clock, whether it is due or goes back on the queue — the path it takes in AWS.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -21,6 +20,7 @@ from scripts.local_crm import CrmAnswer, ReceivedRequest
 from scripts.make_events import results_stored_event
 from tests.conftest import LambdaContextStub, Stack, insert_event
 from tests.fakes import FakeClock
+from tests.retry_queue import drain, queued
 
 
 @pytest.fixture
@@ -36,52 +36,6 @@ def invoke(handler: Any, clock: FakeClock) -> Any:
     deps.clock = clock
     deps.sleep = clock.advance
     return handler
-
-
-def queued(stack: Stack) -> list[dict[str, Any]]:
-    """Every message on the retry queue, as Lambda's SQS event records (received, then deleted)."""
-    records = []
-    while True:
-        response = stack.sqs.receive_message(QueueUrl=stack.retry_queue_url, MaxNumberOfMessages=10)
-        messages = response.get("Messages", [])
-        if not messages:
-            return records
-        for message in messages:
-            records.append(
-                {
-                    "messageId": message["MessageId"],
-                    "receiptHandle": message["ReceiptHandle"],
-                    "body": message["Body"],
-                    "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
-                    "messageAttributes": {},
-                    "md5OfBody": message["MD5OfBody"],
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:post-call-push-retry",
-                    "awsRegion": "us-east-1",
-                }
-            )
-            stack.sqs.delete_message(QueueUrl=stack.retry_queue_url, ReceiptHandle=message["ReceiptHandle"])
-
-
-def drain(stack: Stack, invoke: Any, clock: FakeClock, *, limit: int = 200) -> int:
-    """Deliver the queue to the handler until it is empty; the clock jumps to the earliest due message."""
-    rounds = 0
-    while rounds < limit:
-        records = queued(stack)
-        if not records:
-            return rounds
-        rounds += 1
-        dues = [json.loads(r["body"]).get("due") for r in records]
-        earliest = min((d for d in dues if d), default=None)
-        if earliest is not None:
-            from crm_push.variables import parse_utc_timestamp
-
-            due = parse_utc_timestamp(earliest)
-            if due is not None and due > clock.now:
-                clock.now = due
-        response = invoke({"Records": records}, LambdaContextStub())
-        assert response == {"batchItemFailures": []}
-    raise AssertionError("the retry queue never drained")
 
 
 def pushes(requests: list[ReceivedRequest]) -> Counter[str]:

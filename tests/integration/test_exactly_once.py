@@ -1,12 +1,10 @@
 """Exactly once under stress: concurrent invokers, redeliveries, crashes and concurrent writers.
 
-The contract (§9): a call is pushed at most once however often the stream
-delivers it and however many invocations race; the result log is appended
-with ``list_append`` so entries written by others are never lost.
-
-The test AWS (the session's moto server, scripts/serial_moto.py) applies one
-request at a time, like DynamoDB's per-item atomicity: these tests test the
-claim, not moto's luck.
+The contract (§9, §10): a call reaches its CRM successfully at most once however
+often its triggers are delivered and however many invocations race; entries
+others append to the call are never lost. The tables are AWS's DynamoDB Local,
+whose conditional writes are atomic per item as in DynamoDB: these tests test
+the claim, not the test database's luck.
 """
 
 from __future__ import annotations
@@ -14,20 +12,19 @@ from __future__ import annotations
 import importlib.util
 import threading
 from collections import Counter
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from crm_push.adapters.dynamodb import CallsTable, to_item
+from crm_push.adapters.dynamodb import from_item, to_item
 from scripts.local_crm import CrmAnswer, ReceivedRequest
 from tests.conftest import LambdaContextStub, Stack, insert_event
+from tests.fakes import FakeClock
+from tests.retry_queue import drain, queued
 
 APP_PATH = Path(__file__).resolve().parents[2] / "functions" / "post_call_push" / "app.py"
-CLAIM = "post_call_push_claim"
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -86,32 +83,20 @@ def _sequence(event: dict[str, Any], index: int = 0) -> str:
 
 # --- the stress test -----------------------------------------------------------------------
 
-INVOKERS = 4
-DELIVERIES_PER_INVOKER = 5
+INVOKERS = 2
 BATCH = 100
+RUNS = 20
 
 
-@pytest.mark.slow
-def test_same_batch_from_concurrent_invokers_pushes_each_call_exactly_once(
-    stack: Stack, sample_bot: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given 100 calls whose results were just stored, and a CRM slow enough (20 ms)
-    # that invokers overlap while claims are held. An invoker that meets a live claim
-    # reports the record at once (CLAIM_WAIT_SECONDS=0) rather than waiting it out:
-    # every race then surfaces as a reported record, the strictest case to check.
-    # (Waiting out a claim, the default, is covered in test_handler_paths.)
-    monkeypatch.setenv("CLAIM_WAIT_SECONDS", "0")
-    stack.put_bot(sample_bot)
-    calls = _small_calls(sample_bot["bot_id"], BATCH, f"stress-{stack.calls_table[-10:]}")
-    for call in calls:
-        stack.put_call(call)
-    stack.crm.responder = lambda _req: CrmAnswer(200, delay_seconds=0.02)
-    event = insert_event(*calls)
-    call_by_sequence = {_sequence(event, i): c["call_id"] for i, c in enumerate(calls)}
-    invokers = [_load_invoker(i) for i in range(INVOKERS)]
+def _delivery_state(stack: Stack, call_id: str) -> dict[str, Any]:
+    item = stack.dynamodb.get_item(
+        TableName=stack.state_table, Key={"pk": {"S": f"delivery#{call_id}"}}, ConsistentRead=True
+    )
+    return from_item(item.get("Item", {}))
 
-    # When 4 invokers each deliver the same batch 5 times, all at once
-    start = threading.Barrier(INVOKERS)
+
+def _race(stack: Stack, invokers: list[ModuleType], event: dict[str, Any]) -> list[Any]:
+    start = threading.Barrier(len(invokers))
     responses: list[Any] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -119,158 +104,174 @@ def test_same_batch_from_concurrent_invokers_pushes_each_call_exactly_once(
     def invoke(module: ModuleType) -> None:
         try:
             start.wait()
-            for _ in range(DELIVERIES_PER_INVOKER):
-                response = module.lambda_handler(event, LambdaContextStub())
-                with lock:
-                    responses.append(response)
+            response = module.lambda_handler(event, LambdaContextStub())
+            with lock:
+                responses.append(response)
         except BaseException as exc:  # reported by the assertion below
             with lock:
                 errors.append(exc)
 
     threads = [threading.Thread(target=invoke, args=(m,), name=f"invoker-{i}") for i, m in enumerate(invokers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "an invoker hung"
+    assert errors == []
+    return responses
+
+
+@pytest.mark.slow
+def test_the_same_batch_from_two_concurrent_invokers_pushes_each_call_exactly_once_20_runs(
+    stack: Stack, handler: Any, sample_bot: dict[str, Any]
+) -> None:
+    # Given a CRM slow enough (10 ms) that the invokers overlap while claims are held
+    stack.put_bot(sample_bot)
+    stack.crm.responder = lambda _req: CrmAnswer(200, delay_seconds=0.01)
+    invokers = [_load_invoker(i) for i in range(INVOKERS)]
+    clock = FakeClock()
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        for run in range(RUNS):
+            calls = _small_calls(sample_bot["bot_id"], BATCH, f"race{run}-{stack.calls_table[-6:]}")
+            for call in calls:
+                stack.put_call(call)
+            before = len(stack.crm.requests)
+
+            # When two invokers deliver the same batch at once
+            responses = _race(stack, invokers, insert_event(*calls))
+
+            # Then neither asks for a retry (a lost race leaves a check on the queue instead)
+            assert all(r == {"batchItemFailures": []} for r in responses), run
+            # and the CRM saw exactly one request per call
+            pushes = _pushes_by_call(stack.crm.requests[before:])
+            assert pushes == Counter({c["call_id"]: 1 for c in calls}), run
+            # and the checks left by lost races, delivered after any lease, send nothing more
+            deps, _ = handler.module._runtime()
+            deps.clock, deps.sleep = clock, clock.advance
+            clock.advance(3600)
+            drain(stack, handler, clock)
+            assert len(stack.crm.requests) - before == BATCH, run
+            # and each call records exactly one push: one result, one log entry, one event; no claim left
+            for call in calls:
+                stored = stack.get_call(call["call_id"])
+                assert stored["post_call_push_result"]["status"] == "ok", call["call_id"]
+                assert len(_push_log_entries(stored)) == 1, call["call_id"]
+                assert len(_push_events(stored)) == 1, call["call_id"]
+                state = _delivery_state(stack, call["call_id"])
+                assert (state["st"], "claim_id" in state) == ("done", False), call["call_id"]
     finally:
         for module in invokers:
             if module._executor is not None:
                 module._executor.shutdown(wait=True)
 
-    # Then no invocation failed outright, and every one answered a partial batch response
-    assert not any(t.is_alive() for t in threads), "an invoker hung"
-    assert errors == []
-    assert len(responses) == INVOKERS * DELIVERIES_PER_INVOKER
-    reported = [f["itemIdentifier"] for r in responses for f in r["batchItemFailures"]]
-
-    # and the CRM saw exactly one request per call
-    pushes = _pushes_by_call(stack.crm.requests)
-    assert pushes == Counter({c["call_id"]: 1 for c in calls})
-
-    # and each call records exactly one push: one result, one log entry, one event, no claim left
-    for call in calls:
-        stored = stack.get_call(call["call_id"])
-        assert stored["post_call_push_result"]["status"] == "ok", call["call_id"]
-        assert len(_push_log_entries(stored)) == 1, call["call_id"]
-        assert len(_push_events(stored)) == 1, call["call_id"]
-        assert CLAIM not in stored, call["call_id"]
-
-    # and a record reported for retry (an invoker met another's live claim) is one of this
-    # batch's, for a call that was pushed exactly once
-    for sequence in reported:
-        assert sequence in call_by_sequence
-        assert pushes[call_by_sequence[sequence]] == 1
-
 
 # --- crash injection ---------------------------------------------------------------------------
 
 
-class SimulatedCrash(Exception):
-    """The container dies (timeout, OOM, kill) at this point of the push."""
+class SimulatedCrash(BaseException):
+    """The container dies (timeout, OOM, kill) at this point of the push: nothing after it runs."""
 
 
-def _later(seconds: float) -> Callable[[], datetime]:
-    return lambda: datetime.now(UTC) + timedelta(seconds=seconds)
+CRASH_POINTS = {
+    # step that dies -> how many requests the CRM has seen when the call is finally recorded
+    "after_claim": 1,  # nothing sent: after the lease the next delivery sends once
+    "after_send": 2,  # the CRM answered, nothing recorded: the one documented duplicate (same Idempotency-Key)
+    "after_call_write": 1,  # the call says what happened: the next delivery adopts it, sends nothing
+    "after_state_write": 1,  # all recorded: the retried trigger finds the delivery done
+}
 
 
-def test_crash_between_claim_and_send_retries_while_leased_then_pushes_once_after_the_lease(
+@pytest.mark.parametrize("crash_point", sorted(CRASH_POINTS))
+def test_a_crash_between_any_two_steps_ends_in_one_recorded_outcome(
     stack: Stack,
     handler: Any,
     sample_call: dict[str, Any],
     sample_bot: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
+    crash_point: str,
 ) -> None:
-    # Given a call an earlier invocation claimed (30 s lease) and then died before sending
-    monkeypatch.setenv("CLAIM_LEASE_SECONDS", "30")
-    monkeypatch.setenv("CLAIM_WAIT_SECONDS", "0.2")  # how long a delivery waits for a live claim
+    # Given a container that dies at one step of the push
+    monkeypatch.setenv("CLAIM_LEASE_SECONDS", "60")
+    monkeypatch.setenv("RETRY_MAX_DELAY_SECONDS", "0")
     stack.put_bot(sample_bot)
     stack.put_call(sample_call)
     call_id = sample_call["call_id"]
-    CallsTable(stack.dynamodb, stack.calls_table).claim(call_id, "died-after-claim", datetime.now(UTC), 30)
     event = insert_event(sample_call)
-
-    # When the stream redelivers the record before the lease ends
-    response = handler(event)
-
-    # Then the record is reported for retry and nothing is sent or recorded
-    assert response == {"batchItemFailures": [{"itemIdentifier": _sequence(event)}]}
-    assert stack.crm.requests == []
-    assert "post_call_push_result" not in stack.get_call(call_id)
-
-    # When it is redelivered after the lease (this container's clock is 31 s on)
     deps, _ = handler.module._runtime()
-    monkeypatch.setattr(deps, "clock", _later(31))
-    response = handler(event)
+    clock = FakeClock()
+    deps.clock, deps.sleep = clock, clock.advance
+    steps = {
+        "after_claim": (deps.delivery, "claim"),
+        "after_send": (deps.crm, "send"),
+        "after_call_write": (deps.calls, "write_outcome"),
+        "after_state_write": (deps.delivery, "save"),
+    }
+    target, method = steps[crash_point]
+    real = getattr(target, method)
 
-    # Then it is pushed exactly once and recorded, and the dead claim is gone
-    assert response == {"batchItemFailures": []}
-    assert _pushes_by_call(stack.crm.requests) == Counter({call_id: 1})
-    stored = stack.get_call(call_id)
-    assert stored["post_call_push_result"]["status"] == "ok"
-    assert len(_push_log_entries(stored)) == 1
-    assert CLAIM not in stored
+    def step_then_die(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise SimulatedCrash(crash_point)
 
-    # and a further redelivery changes nothing
+    monkeypatch.setattr(target, method, step_then_die)
+    with pytest.raises(SimulatedCrash):
+        handler(event)
+    monkeypatch.setattr(target, method, real)
+
+    # When the stream redelivers at once (a healthy container), then again after the lease,
+    # and whatever it left on the retry queue is delivered
     assert handler(event) == {"batchItemFailures": []}
-    assert len(stack.crm.requests) == 1
-    assert len(_push_log_entries(stack.get_call(call_id))) == 1
+    clock.advance(61)
+    assert handler(event) == {"batchItemFailures": []}
+    drain(stack, handler, clock)
+    assert handler(event) == {"batchItemFailures": []}
+
+    # Then the call is recorded exactly once, and the CRM saw at most the one documented duplicate
+    stored = stack.get_call(call_id)
+    assert stored["post_call_push_result"]["status"] == "ok"
+    assert len(_push_log_entries(stored)) == 1
+    assert len(_push_events(stored)) == 1
+    assert _pushes_by_call(stack.crm.requests) == Counter({call_id: CRASH_POINTS[crash_point]})
+    assert queued(stack) == []
 
 
-def test_crash_between_send_and_write_back_repushes_after_the_lease_with_the_same_idempotency_key(
+def test_a_crash_before_the_next_attempt_is_queued_is_recovered_by_the_retried_trigger(
     stack: Stack,
     handler: Any,
     sample_call: dict[str, Any],
     sample_bot: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The documented at-least-once edge: the CRM de-duplicates on Idempotency-Key."""
-    # Given a container that dies right after the CRM answered, before the write-back
-    monkeypatch.setenv("CLAIM_LEASE_SECONDS", "30")
-    monkeypatch.setenv("CLAIM_WAIT_SECONDS", "0.2")
+    # Given a CRM down for the first attempts and a container that dies right after saving the schedule
+    monkeypatch.setenv("RETRY_MAX_DELAY_SECONDS", "0")
+    sample_bot["post_call_push"]["retry_schedule_seconds"] = [600, 600]
+    answers = iter([503, 200])
+    stack.crm.responder = lambda _req: CrmAnswer(next(answers, 200))
     stack.put_bot(sample_bot)
     stack.put_call(sample_call)
-    call_id = sample_call["call_id"]
     event = insert_event(sample_call)
     deps, _ = handler.module._runtime()
-    real_send = deps.crm.send
+    clock = FakeClock()
+    deps.clock, deps.sleep = clock, clock.advance
+    real_schedule = deps.retry_queue.schedule
 
-    def send_then_die(request: Any, deadline: float | None = None) -> Any:
-        real_send(request, deadline)
-        raise SimulatedCrash("died between send and write-back")
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise SimulatedCrash("died before the message was sent")
 
-    monkeypatch.setattr(deps.crm, "send", send_then_die)
+    monkeypatch.setattr(deps.retry_queue, "schedule", die)
+    with pytest.raises(SimulatedCrash):
+        handler(event)
+    monkeypatch.setattr(deps.retry_queue, "schedule", real_schedule)
+    assert queued(stack) == []
 
-    # When the push runs
-    handler(event)
+    # When the stream redelivers the record, then the queue is delivered
+    assert handler(event) == {"batchItemFailures": []}
+    drain(stack, handler, clock)
 
-    # Then the CRM got the request but nothing was recorded; the claim is left behind
-    assert len(stack.crm.requests) == 1
-    stored = stack.get_call(call_id)
-    assert "post_call_push_result" not in stored
-    assert CLAIM in stored
-
-    # When the stream redelivers (a healthy container) before the lease ends
-    monkeypatch.setattr(deps.crm, "send", real_send)
-    response = handler(event)
-
-    # Then it is reported for retry and not sent again
-    assert response == {"batchItemFailures": [{"itemIdentifier": _sequence(event)}]}
-    assert len(stack.crm.requests) == 1
-
-    # When it is redelivered after the lease
-    monkeypatch.setattr(deps, "clock", _later(31))
-    response = handler(event)
-
-    # Then it is pushed a second time with the same Idempotency-Key and body, and recorded once
-    assert response == {"batchItemFailures": []}
-    first, second = stack.crm.requests
-    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"] == call_id
-    assert first.body == second.body
-    stored = stack.get_call(call_id)
-    assert stored["post_call_push_result"]["status"] == "ok"
-    assert len(_push_log_entries(stored)) == 1
-    assert CLAIM not in stored
+    # Then the schedule was re-sent once and the call is delivered by its second attempt
+    result = stack.get_call(sample_call["call_id"])["post_call_push_result"]
+    assert (result["status"], result["attempts"]) == ("ok", 2)
+    assert len(stack.crm.requests) == 2
 
 
 def test_another_writer_appending_while_the_push_runs_loses_nothing(
