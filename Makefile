@@ -28,6 +28,7 @@ help:
 	@echo "make test   - lint, types, template checks and every test (what CI runs)"
 	@echo "make bench  - benchmarks; figures in bench/results.json"
 	@echo "make build  - sam build (the SAM CLI goes into its own .sam-venv)"
+	@echo "make sam-local - the handler under sam local invoke / start-lambda in Docker (minutes; not in make test)"
 
 $(VENV)/.installed: requirements-dev.txt layers/common/requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -101,6 +102,17 @@ bench: venv dynamodb-local
 
 build: venv $(SAM_VENV)/.installed
 	$(SAM_ENV) $(SAM) build --template template.yaml
+
+# The handler in a Lambda container under `sam local` (README "sam local"). Installs Docker
+# with apt and starts dockerd when missing (left running: `make sam-local-stop` ends it),
+# builds the base image once when AWS's cannot be pulled. Not part of `make test`.
+.PHONY: sam-local sam-local-stop
+sam-local: venv dynamodb-local $(SAM_VENV)/.installed
+	@scripts/sam_local/docker_host.sh ensure
+	@$(SAM_ENV) $(PY) -m scripts.sam_local.run
+
+sam-local-stop:
+	@scripts/sam_local/docker_host.sh stop
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis
