@@ -38,8 +38,9 @@ from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from scripts.local_crm import LocalCrm
+from scripts.local_stack import create_resources
 from scripts.make_events import results_stored_event, stream_record
-from tests.conftest import REGION, LambdaContextStub, Stack, create_tables
+from tests.conftest import REGION, LambdaContextStub, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 # Each example costs a few hundred ms of moto work, and Hypothesis's shrinker can then spend
@@ -64,13 +65,22 @@ class _Capture(logging.Handler):
 class Fuzz(Stack):
     """The module's stack (tables, CRM; no bucket) plus the handler module and its captured logs."""
 
-    def __init__(self, dynamodb: Any, calls: str, bots: str, crm: LocalCrm, app: ModuleType, logs: _Capture) -> None:
-        super().__init__(dynamodb, None, crm, calls, bots, "")
+    def __init__(
+        self, dynamodb: Any, calls: str, bots: str, state: str, crm: LocalCrm, app: ModuleType, logs: _Capture
+    ) -> None:
+        super().__init__(dynamodb, None, crm, calls, bots, "", state_table=state)
         self.app, self.logs = app, logs
         self.sequence: Iterator[int] = iter(range(1, 10**9))
 
     def next_sequence(self) -> str:
         return str(next(self.sequence)).rjust(21, "0")
+
+    def delivery(self, call_id: str) -> tuple[str | None, bool]:
+        """The call's delivery state: its status, and whether a claim is still held."""
+        item = self.dynamodb.get_item(
+            TableName=self.state_table, Key={"pk": {"S": f"delivery#{call_id}"}}, ConsistentRead=True
+        ).get("Item", {})
+        return item.get("st", {}).get("S"), "claim_id" in item
 
     def pushes(self) -> Counter[str]:
         return Counter(r.headers.get("Idempotency-Key", "") for r in self.crm.requests)
@@ -81,25 +91,27 @@ class Fuzz(Stack):
 
 
 @pytest.fixture(scope="module")
-def fuzz(moto_endpoint: str) -> Iterator[Fuzz]:
-    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_endpoint)
-    calls, bots = create_tables(dynamodb, f"fuzz-{uuid.uuid4().hex[:8]}")
+def fuzz(dynamodb_local_endpoint: str, moto_endpoint: str) -> Iterator[Fuzz]:
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=dynamodb_local_endpoint)
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=moto_endpoint)
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=moto_endpoint)
+    resources = create_resources(dynamodb, s3, sqs, f"fuzz-{uuid.uuid4().hex[:8]}")
     capture = _Capture()
     loggers = [logging.getLogger(name) for name in ("post-call-push", "crm_push")]
     with pytest.MonkeyPatch.context() as env, LocalCrm() as crm:
         env.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-        env.setenv("CALLS_TABLE", calls)
-        env.setenv("BOTS_TABLE", bots)
+        env.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_local_endpoint)
+        for name, value in resources.env().items():
+            env.setenv(name, value)
         env.setenv("PUBLIC_BASE_URL", "https://api.example.com")
         env.setenv("PUSH_ALLOW_PRIVATE_NETWORKS", "true")
-        env.setenv("CLAIM_WAIT_SECONDS", "0")
         sys.modules.pop("app", None)
         app = importlib.import_module("app")
         app._runtime()  # wire it to this module's tables now, while the environment says so
         for logger in loggers:
             logger.addHandler(capture)
         try:
-            yield Fuzz(dynamodb, calls, bots, crm, app, capture)
+            yield Fuzz(dynamodb, resources.calls_table, resources.bots_table, resources.state_table, crm, app, capture)
         finally:
             for logger in loggers:
                 logger.removeHandler(capture)
@@ -464,7 +476,7 @@ def test_a_batch_of_good_and_bad_records_pushes_each_good_one_once_and_never_rai
         assert result["status"] == status, result
         assert result["error"], result
         assert [e["status"] for e in stored["integration_log"]] == [status]
-        assert "post_call_push_claim" not in stored
+        assert fuzz.delivery(call_id) == ("done", False)
         assert any(getattr(r, "call_id", None) == call_id for r in fuzz.logs.records)
 
     # a call with wrong-typed attributes is pushed at most once and its result recorded; the
@@ -475,7 +487,7 @@ def test_a_batch_of_good_and_bad_records_pushes_each_good_one_once_and_never_rai
         result = stored["post_call_push_result"]
         assert result["status"] in ("ok", "failed"), result
         assert sent[call_id] == (1 if result["status"] == "ok" else 0)
-        assert "post_call_push_claim" not in stored
+        assert fuzz.delivery(call_id) == ("done", False)
         original = _plain(_call(call_id, good_bot, **attributes))
         if all(isinstance(original.get(name, []), list) for name in ("integration_log", "events")):
             for name in ("integration_log", "events"):

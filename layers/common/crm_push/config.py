@@ -40,7 +40,6 @@ class Settings(BaseModel):
     push_allow_private_networks: bool = False
     push_concurrency: int = Field(default=16, ge=1, le=64)
     claim_lease_seconds: int = Field(default=900, ge=30)
-    claim_wait_seconds: float = Field(default=15.0, ge=0, le=60)
     bot_config_ttl_seconds: int = Field(default=60, ge=0)
     # Durable delivery (contract §10): where its state lives and which queue carries delayed attempts.
     push_state_table: str | None = None
