@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import signal
 import uuid
 from pathlib import Path
@@ -74,6 +75,12 @@ def with_result(call: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     return call
 
 
+def runbook_anchors() -> set[str]:
+    """The anchors GitHub gives docs/runbook.md's headings: a link the CLI prints must land on one."""
+    headings = re.findall(r"^#+ (.+)$", (ROOT / "docs" / "runbook.md").read_text(), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading).strip().lower().replace(" ", "-") for heading in headings}
+
+
 def write_json(path: Path, document: Any) -> str:
     path.write_text(json.dumps(document))
     return str(path)
@@ -98,7 +105,8 @@ def test_preview_explains_each_field_and_sends_and_writes_nothing(capsys, stack,
     assert "suffix fallback" in lines["customer_name"]
     assert "pre-seeded" in lines["callback_time"]
     assert " object " in lines["address"]
-    assert '{"city":"Pune","pin":"411001"}' in lines["address"]
+    assert '"city":"Pune"' in lines["address"]  # DynamoDB keeps no key order within a map
+    assert '"pin":"411001"' in lines["address"]
     assert " string " in lines["emi_amount"]
     assert "1499" in lines["emi_amount"]
     assert "Bearer sk_l…(masked)" in out
@@ -108,8 +116,8 @@ def test_preview_explains_each_field_and_sends_and_writes_nothing(capsys, stack,
     assert stack.crm.requests == []
     stored = stack.get_call(seeded["call_id"])
     assert "post_call_push_result" not in stored
-    assert "post_call_push_claim" not in stored
     assert stored["integration_log"] == []
+    assert stack.dynamodb.scan(TableName=stack.state_table)["Items"] == []
 
 
 def test_preview_body_is_what_the_push_then_sends(capsys, stack, seeded):
@@ -190,7 +198,7 @@ def test_preview_of_a_get_push_lists_the_query_parameters(capsys, stack, sample_
     assert preview["method"] == "GET"
     assert preview["body"] is None
     query = dict(preview["query"])
-    assert query["address"] == '{"city":"Pune","pin":"411001"}'
+    assert json.loads(query["address"]) == {"city": "Pune", "pin": "411001"}
     assert query["attempt"] == "1"
     assert "Content-Type" not in {h["name"] for h in preview["headers"]}
 
@@ -231,7 +239,7 @@ def test_preview_of_an_unknown_call_exits_2(capsys, stack):
     code, out, err = run(capsys, "preview", "--call-id", "call-nope")
 
     assert code == 2
-    assert "call call-nope is not in the Calls table" in err
+    assert "call-nope" in err
     assert out == ""
 
 
@@ -239,7 +247,7 @@ def test_preview_of_an_unknown_bot_exits_2(capsys, stack, seeded):
     code, _, err = run(capsys, "preview", "--call-id", seeded["call_id"], "--bot-id", "bot-nope")
 
     assert code == 2
-    assert "bot bot-nope is not in the Bots table" in err
+    assert "bot-nope" in err
 
 
 @pytest.mark.parametrize(
@@ -250,7 +258,7 @@ def test_preview_of_an_unknown_bot_exits_2(capsys, stack, seeded):
         (
             '{"bot_id": "b", "post_call_push": {"url": "https://crm.example.com", "key_mapper": ["x"]}}',
             1,
-            "key_mapper: Value error, must be a map",
+            "must be a map",
         ),
         ('{"bot_id": "b", "post_call_push": {"url": "https://crm.example.com", "method": "PUT"}}', 1, "method"),
     ],
@@ -378,16 +386,15 @@ def test_lint_of_an_invalid_config_says_what_is_wrong_in_plain_words(capsys, sta
     code, out, _ = run(capsys, "lint", "--bot-id", sample_bot["bot_id"], "--sample", "0")
 
     assert code == 1
-    assert "ERROR" in out
-    assert "method: Input should be 'POST' or 'GET'" in out
-    assert "lint FAILED: 1 error(s)" in out
+    (error_row,) = [line for line in out.splitlines() if line.lstrip().startswith("ERROR")]
+    assert all(word in error_row for word in ("method", "POST", "GET"))
 
 
 def test_lint_of_an_unknown_bot_exits_2(capsys, stack):
     code, _, err = run(capsys, "lint", "--bot-id", "bot-nope")
 
     assert code == 2
-    assert "bot bot-nope is not in the Bots table" in err
+    assert "bot-nope" in err
 
 
 def test_lint_gates_on_errors_only(capsys, tmp_path, sample_bot):
@@ -396,7 +403,7 @@ def test_lint_gates_on_errors_only(capsys, tmp_path, sample_bot):
 
     assert code == 0
     assert "plain http" in out
-    assert "lint passed: 0 error(s)" in out
+    assert not [line for line in out.splitlines() if line.lstrip().startswith("ERROR")]
 
 
 # --- replay ----------------------------------------------------------------------------------
@@ -406,7 +413,7 @@ def test_replay_dry_run_sends_and_writes_nothing(capsys, stack, seeded):
     code, out, _ = run(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "check", "--dry-run")
 
     assert code == 0
-    assert "Dry run - nothing sent, nothing written. 1 call(s) would be replayed" in out
+    assert "1 call(s) would be replayed" in out
     assert stack.crm.requests == []
     assert "post_call_push_result" not in stack.get_call(seeded["call_id"])
 
@@ -423,7 +430,7 @@ def test_replay_sends_once_and_records_who_and_why(capsys, stack, seeded):
     # Pushed ok now: a second replay is held back unless forced.
     code, out, _ = run(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "again")
     assert code == 1
-    assert "already pushed ok; --force pushes it again" in out
+    assert "--force" in out
     assert len(stack.crm.requests) == 1
 
     code, _, _ = run(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "again", "--force")
@@ -506,7 +513,7 @@ def test_replay_range_pushes_each_selected_call_at_the_rate_asked(capsys, stack,
     assert sent_ids == [calls[name]["call_id"] for name in ("failed", "failed_too", "rejected")]
     # Time stands still while a push runs here, so each wait is the whole interval: 1/4 s.
     assert clock.sleeps == [0.25, 0.25]
-    assert "Replayed 3 of 3 call(s)" in out
+    assert "3 of 3" in out
     for name in ("failed", "failed_too", "rejected"):
         entry = stack.get_call(calls[name]["call_id"])["integration_log"][-1]
         assert entry["replay"]["reason"] == "INC-7"
@@ -516,7 +523,7 @@ def test_replay_range_pushes_each_selected_call_at_the_rate_asked(capsys, stack,
 
 def test_replay_range_stops_cleanly_on_ctrl_c(capsys, stack, sample_call, sample_bot):
     stack.put_bot(sample_bot)
-    seed_range(stack, sample_call)
+    calls = seed_range(stack, sample_call)
 
     class CtrlCWhileWaiting(FakeClock):
         def _sleep(self, seconds: float) -> None:
@@ -530,9 +537,12 @@ def test_replay_range_stops_cleanly_on_ctrl_c(capsys, stack, sample_call, sample
 
     assert code == 130
     assert len(stack.crm.requests) == 1
-    assert "stopped by Ctrl-C; 2 not attempted" in out
-    assert "To resume: the first call not attempted is" in out
-    assert "stopping after the call in flight" in err
+    assert "2 not attempted" in out
+    # The resume hint names the call after the one sent, in the order of selection.
+    in_order = [calls[name]["call_id"] for name in ("failed", "failed_too", "rejected")]
+    first_not_attempted = in_order[in_order.index(stack.crm.requests[0].json()["call_id"]) + 1]
+    assert first_not_attempted in out.lower().split("resume", 1)[1]
+    assert "in flight" in err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -540,7 +550,7 @@ def test_replay_of_an_unknown_call_exits_2(capsys, stack):
     code, _, err = run(capsys, "replay", "--call-id", "call-nope", "--reason", "x")
 
     assert code == 2
-    assert "call call-nope is not in the Calls table" in err
+    assert "call-nope" in err
 
 
 @pytest.mark.parametrize(
@@ -574,10 +584,15 @@ def test_status_of_a_rejected_push_points_at_the_runbook_with_the_next_command(c
     code, out, _ = run(capsys, "status", "--call-id", seeded["call_id"])
 
     assert code == 0
-    assert "Latest push: REJECTED HTTP 422" in out
-    assert "recording link: public_token" in out
-    assert "by asha: first try" in out
-    assert "Runbook: docs/runbook.md#2-crm-rejects-the-payload" in out
+    assert "REJECTED" in out
+    assert "422" in out
+    assert "public_token" in out
+    assert "asha" in out
+    assert "first try" in out
+    anchor = re.search(r"docs/runbook\.md#([\w-]+)", out)
+    assert anchor is not None
+    assert anchor.group(1) == "2-crm-rejects-the-payload"
+    assert anchor.group(1) in runbook_anchors()
     assert f"post-call-push preview --call-id {seeded['call_id']}" in out
     assert "mobile is required" in out
 
