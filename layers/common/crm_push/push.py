@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from crm_push.config import BotConfig, PostCallPushConfig, check_header
+from crm_push.config import BotConfig, PostCallPushConfig, SecretRef, check_header
 from crm_push.delivery import is_retryable, iso_utc, next_attempt, schedule_for
 from crm_push.errors import (
     AlreadyPushed,
@@ -32,7 +32,10 @@ from crm_push.errors import (
 )
 from crm_push.jsonvalues import to_json, to_text
 from crm_push.recording import Presigner, RecordingLinkMode, select_recording_url
+from crm_push.redaction import scrub, url_credential_values
 from crm_push.retry_after import parse_retry_after
+from crm_push.secrets import PushCredentials, SecretResolver, SecretUnavailable, resolve_push_credentials, secret_values
+from crm_push.signing import signed_content, webhook_headers
 from crm_push.templates import compile_template
 from crm_push.variables import build_push_variables, parse_utc_timestamp
 
@@ -253,6 +256,7 @@ class PushDeps:
     sleep: Callable[[float], None] = time.sleep
     jitter: Callable[[], float] = field(default=random.random)
     gate: DestinationGate = field(default_factory=OpenGate)
+    secrets: SecretResolver | None = None
 
 
 PushOutcomeKind = Literal[
@@ -296,18 +300,25 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def build_headers(config: PostCallPushConfig, variables: Mapping[str, Any], call_id: str) -> dict[str, str]:
+def build_headers(
+    config: PostCallPushConfig, credentials: PushCredentials, variables: Mapping[str, Any], call_id: str
+) -> dict[str, str]:
+    """Our headers, then the config's: ``headers`` if set (plaintext ones are templates), else the token."""
     headers = {"User-Agent": USER_AGENT, "Idempotency-Key": call_id}
     if config.method == "POST":
         headers["Content-Type"] = "application/json"
-    if config.headers:
-        for name, template in config.headers.items():
-            value = compile_template(template).render(variables, drop_unresolved=True)
-            check_header(name, value)  # a templated value must not smuggle CR/LF in either
+    if credentials.headers is not None:
+        for name, configured in credentials.headers.items():
+            # A value from a secret store is used verbatim: never rendered as a template (contract §11).
+            if name in credentials.verbatim_headers:
+                value = configured
+            else:
+                value = compile_template(configured).render(variables, drop_unresolved=True)
+                check_header(name, value)  # a templated value must not smuggle CR/LF in either
             check_latin1_header(name, value)
             headers[name] = value
-    elif config.token:
-        headers["Authorization"] = config.token
+    elif credentials.token:
+        headers["Authorization"] = credentials.token
     return headers
 
 
@@ -328,11 +339,21 @@ def check_latin1_header(name: str, value: str) -> None:
 
 
 def build_request(
-    config: PostCallPushConfig, payload: dict[str, Any], variables: Mapping[str, Any], call_id: str
+    config: PostCallPushConfig,
+    credentials: PushCredentials,
+    payload: dict[str, Any],
+    variables: Mapping[str, Any],
+    call_id: str,
+    signed_at: int,
 ) -> PushRequest:
-    """The HTTP request for a rendered payload: JSON body for POST, query parameters for GET."""
+    """The HTTP request for a rendered payload: JSON body for POST, query parameters for GET.
+
+    With signing secrets the request is signed as sent (Standard Webhooks):
+    ``webhook-id`` is the Idempotency-Key, so a receiver de-duplicates
+    retries, and ``signed_at`` is this attempt's own time.
+    """
     assert config.url  # callers handle the no-url case as "skipped"
-    headers = build_headers(config, variables, call_id)
+    headers = build_headers(config, credentials, variables, call_id)
     if config.method == "GET":
         params = [(k, to_json(v) if isinstance(v, (dict, list)) else to_text(v)) for k, v in payload.items()]
         parts = urlsplit(config.url)
@@ -344,6 +365,9 @@ def build_request(
         size = len(body)
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes, so it was not sent")
+    if credentials.signing_secrets:
+        content = signed_content(config.method, url, body)
+        headers.update(webhook_headers(call_id, signed_at, content, credentials.signing_secrets))
     return PushRequest(call_id, config.method, url, headers, body, redact_url(config.url))
 
 
@@ -353,13 +377,26 @@ class PreparedPush:
     payload: dict[str, Any]
     variables: dict[str, Any]
     recording_link: RecordingLinkMode
+    secret_values: frozenset[str] = field(default=frozenset(), repr=False)
+    """Every credential of this push (resolved ones included): scrubbed from whatever is stored or logged."""
+
+
+class NoSecretStore:
+    """For deps without a secret store: a config that references one cannot be pushed."""
+
+    def resolve(self, ref: SecretRef) -> str:
+        raise SecretUnavailable(f"{ref.describe()}: no secret store is configured here", transient=False)
 
 
 def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps) -> PreparedPush:
-    """Recording URL, variables, render, request: everything short of sending. Raises ConfigError."""
+    """Credentials, recording URL, variables, render, request: everything short of sending.
+
+    Raises ConfigError, or SecretUnavailable when a referenced credential cannot be had.
+    """
     config = bot.push
     if config is None or not config.url:
         raise ConfigError(bot.push_error or "no push config")
+    credentials = resolve_push_credentials(config, deps.secrets or NoSecretStore())
     recording_url, link_mode = select_recording_url(
         call_doc, public_base_url=deps.public_base_url, recordings_bucket=deps.recordings_bucket, presign=deps.presign
     )
@@ -368,7 +405,10 @@ def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps) ->
     )
     payload = config.compiled_key_mapper.render(variables, drop_unresolved=True)
     call_id = str(call_doc.get("call_id", ""))
-    return PreparedPush(build_request(config, payload, variables, call_id), payload, variables, link_mode)
+    signed_at = int(deps.clock().timestamp())
+    request = build_request(config, credentials, payload, variables, call_id, signed_at)
+    known = secret_values(credentials) | url_credential_values(config.url)
+    return PreparedPush(request, payload, variables, link_mode, known)
 
 
 def destination_of(url: str) -> str:
@@ -436,6 +476,12 @@ def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, att
     except PayloadTooLarge as exc:
         failed = _result("failed", config=config, now=now, error=str(exc), error_kind="payload_too_large", **counted)
         return AttemptOutcome(failed)
+    except SecretUnavailable as exc:
+        # It fails the attempt (contract §11), and counts as one so that a store that
+        # stays throttled still ends the delivery when the schedule does.
+        failed = _result("failed", config=config, now=now, error=str(exc), error_kind="secret")
+        failed = replace(failed, attempts=attempts_before + 1)
+        return AttemptOutcome(failed, retryable=is_retryable(None, "secret", transient=exc.transient))
     except ConfigError as exc:
         return AttemptOutcome(_result("failed", config=config, now=now, error=str(exc), error_kind="config", **counted))
     except Exception as exc:  # a bug must still leave a readable record on the call
@@ -471,8 +517,9 @@ def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, att
         config=config,
         now=deps.clock(),
         http_status=sent.http_status,
-        response_body=sent.response_body[:MAX_RESPONSE_BODY_CHARS],
-        error=sent.error,
+        # A CRM that rejects a request often echoes the credentials it got: never store them.
+        response_body=scrub(sent.response_body, prepared.secret_values)[:MAX_RESPONSE_BODY_CHARS],
+        error=scrub(sent.error, prepared.secret_values) if sent.error else None,
         error_kind=None if status == "ok" else kind,
         duration_ms=sent.duration_ms,
         attempts=attempts_before + sent.attempts,

@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from crm_push import logsafety
 from crm_push.adapters.crm_http import CrmHttpSender
 from crm_push.adapters.destination_gate import state_table_gate
 from crm_push.adapters.dynamodb import BotsTable, CallsTable
@@ -17,6 +18,7 @@ from crm_push.adapters.state import DeliveryStateTable
 from crm_push.config import Settings
 from crm_push.errors import ConfigError
 from crm_push.push import PushDeps
+from crm_push.secrets import StoreSecretResolver
 
 # Standard retry mode backs off on throttling; the short timeouts keep one slow
 # DynamoDB call from eating the whole Lambda budget.
@@ -33,6 +35,7 @@ def build_deps(
     """``count_metric`` counts the destination gate's events (``CircuitOpened``, ``RateLimited``, ...) by name."""
     if not settings.push_state_table:
         raise ConfigError("PUSH_STATE_TABLE is not set: the push keeps its delivery state there (contract §10)")
+    logsafety.install()  # before any client exists: the SDK's DEBUG lines carry bot configs and secrets
     session = session or boto3.session.Session()
     dynamodb = dynamodb_client or session.client(
         "dynamodb", config=_AWS_CONFIG.merge(Config(max_pool_connections=settings.push_concurrency + 4))
@@ -57,6 +60,8 @@ def build_deps(
         public_base_url=settings.public_base_url,
         recordings_bucket=settings.recordings_bucket,
         claim_lease_seconds=settings.claim_lease_seconds,
+        # Clients are made on the first reference; most bots have none.
+        secrets=StoreSecretResolver(),
         # Circuit breaker and rate limit per destination (contract §10), in the delivery-state table.
         gate=state_table_gate(dynamodb, settings.push_state_table, count_metric=count_metric),
     )
