@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from crm_push.config import BotConfig, load_bot_config
-from crm_push.errors import ConfigError, PushError
+from crm_push.errors import ConfigError, PushError, StorageError
 from crm_push.push import Replay, push_call
 from push_cli import lint as lint_module
 from push_cli.context import (
@@ -80,12 +80,19 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("global options (default: the function's environment variables)")
     group.add_argument(
-        "--endpoint-url", default=default, help="AWS endpoint, e.g. the local moto server ($AWS_ENDPOINT_URL)"
+        "--endpoint-url",
+        default=default,
+        help="one AWS endpoint for every service (DynamoDB, SQS, S3), e.g. a local stack; without it, "
+        "$AWS_ENDPOINT_URL and $AWS_ENDPOINT_URL_<SERVICE> as botocore reads them",
     )
     group.add_argument("--profile", default=default, help="AWS profile ($AWS_PROFILE)")
     group.add_argument("--region", default=default, help="AWS region ($AWS_REGION)")
     group.add_argument("--calls-table", default=default, help="Calls table ($CALLS_TABLE)")
     group.add_argument("--bots-table", default=default, help="Bots table ($BOTS_TABLE)")
+    group.add_argument(
+        "--state-table", default=default, help="delivery-state table: claims, attempts, schedule ($PUSH_STATE_TABLE)"
+    )
+    group.add_argument("--retry-queue-url", default=default, help="SQS queue of scheduled attempts ($RETRY_QUEUE_URL)")
     group.add_argument(
         "--public-base-url", default=default, help="public API base for recording links ($PUBLIC_BASE_URL)"
     )
@@ -172,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         help="push calls again with the current config, recorded as a replay",
         description="Push one call, or a bot's calls in a time range, again with the bot's current config. Each "
-        "push is recorded on the call with who replayed it and why. A call already pushed ok is held back "
-        "unless --force. Ranges are paced by --rate; Ctrl-C stops after the call in flight, with a summary.",
+        "push is recorded on the call with who replayed it and why. A call with an attempt scheduled is pushed "
+        "now, and the scheduled attempt then does nothing. A call already pushed ok is held back unless --force; "
+        "a call a push holds right now is held back until its lease ends. Ranges are paced by --rate; Ctrl-C "
+        "stops after the call in flight, with a summary.",
     )
     target = replay.add_mutually_exclusive_group(required=True)
     target.add_argument("--call-id", help="replay this call")
@@ -203,10 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=common,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="a call's push history and, when it went wrong, the runbook check and next command",
-        description="Show a call's latest push result, every push in its integration_log (replays included), "
-        "its post_call_push events and the recording link used; when the push failed, the matching runbook "
-        "check and the exact next command.",
+        help="a call's push history and delivery schedule and, when it went wrong, the runbook check",
+        description="Show a call's latest push result, every attempt (replays included, and those so far only "
+        "in the state table), its delivery schedule (attempts, next attempt, last error kind, exhausted, a claim "
+        "held now), its post_call_push events and the recording link used; when the push failed, the matching "
+        "runbook check and the exact next command.",
     )
     status.add_argument("--call-id", required=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -340,10 +350,16 @@ def cmd_replay(args: argparse.Namespace, ctx: Context, console: Console, clock: 
         fail("--status ok replays calls that already succeeded: add --force if that is really meant")
     report = ReplayReport(by=_operator(args), reason=args.reason.strip(), dry_run=args.dry_run, rate=args.rate)
     calls = ctx.calls()
+    # A replay sends through the function's own adapters: say what is missing before reading anything.
+    deps = None if args.dry_run else ctx.push_deps()
+    # A dry run without the state table still lists the calls; it cannot see claims or schedules then.
+    get_delivery = ctx.delivery_state if ctx.state_table else None
     now = datetime.now(UTC)
 
     if args.call_id:
-        candidate = candidate_for(_call(ctx, args.call_id), force=args.force, now=now)
+        call = _call(ctx, args.call_id)
+        delivery = get_delivery(args.call_id) if get_delivery else None
+        candidate = candidate_for(call, force=args.force, now=now, delivery=delivery)
         (report.held_back if candidate.held_back else report.selected).append(candidate)
     else:
         if not args.since:
@@ -356,11 +372,15 @@ def cmd_replay(args: argparse.Namespace, ctx: Context, console: Console, clock: 
             fail(f"bot {args.bot_id} is not in the Bots table {ctx.bots_table}")
         ids = calls.call_ids_by_bot(args.bot_id, stored_from=start, stored_before=end)
         report.selected, report.held_back, report.filtered_out = select_range(
-            ids, calls.get_call, statuses, force=args.force, now=now, limit=args.limit
+            ids, calls.get_call, statuses, force=args.force, now=now, limit=args.limit, get_delivery=get_delivery
         )
 
-    if not args.dry_run and report.selected:
-        deps = ctx.push_deps()
+    if deps is not None and report.selected:
+        if deps.retry_queue is None:
+            err_console().print(
+                "note: no retry queue (--retry-queue-url or RETRY_QUEUE_URL): a replay the CRM does not answer "
+                "gets no later attempt, and its delivery ends exhausted"
+            )
         replay = Replay(by=report.by, reason=report.reason)
         stop = threading.Event()
         restore = _stop_on_ctrl_c(stop)
@@ -410,7 +430,17 @@ def cmd_status(args: argparse.Namespace, ctx: Context, console: Console, clock: 
     bot_id = call.get("bot_id")
     item = ctx.bot_item(bot_id) if isinstance(bot_id, str) and bot_id else None
     bot = load_bot_config(item, str(bot_id)) if item is not None else None
-    render_status(console, build_status(call, bot, bot_exists=item is not None), as_json=args.json)
+    # The call item alone still tells most of the story: a missing or unreadable state table is a note.
+    delivery, unread = None, ""
+    if not ctx.state_table:
+        unread = "state table not read: pass --state-table or set PUSH_STATE_TABLE to see the schedule and claims"
+    else:
+        try:
+            delivery = ctx.delivery_state(args.call_id)
+        except StorageError as exc:
+            unread = f"state table not read: {exc}"
+    report = build_status(call, bot, bot_exists=item is not None, delivery=delivery, delivery_unread=unread)
+    render_status(console, report, as_json=args.json)
     return EXIT_OK
 
 

@@ -2,8 +2,12 @@
 
 Each push goes through the core's ``push_call`` with a ``Replay`` (who and
 why), so it is recorded on the call like any push, with a ``replay`` entry in
-``integration_log``. A call already pushed ``ok`` is held back unless
-``--force``; ranges are paced (``--rate``) so a replay cannot flood a CRM.
+``integration_log``. A replay takes the call's delivery whatever its schedule
+(contract §10): a call with an attempt pending is pushed now, and the pending
+attempt then finds the delivery ended and does nothing. A call already pushed
+``ok`` is held back unless ``--force``; a call a push holds right now (a live
+claim in the state table) is always held back, since its holder may be sending
+at this moment. Ranges are paced (``--rate``) so a replay cannot flood a CRM.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from crm_push.errors import ClaimHeld, StorageError
+from crm_push.delivery import iso_utc
+from crm_push.errors import ClaimHeld, QueueError, StorageError
 from crm_push.push import PushOutcome
 from push_cli.display import print_json, row, table, truncate
 
@@ -34,6 +39,9 @@ _NOT_PUSHED = {
     "already_pushed": "not pushed: it already has a result",
     "call_not_found": "not pushed: the call no longer exists",
     "claim_lost": "sent, but the result was not recorded: another push took the call over",
+    "claim_held": "not pushed: another push holds the call right now; look at it with status",
+    "scheduled": "not pushed: its next attempt is scheduled",
+    "deferred": "not pushed: no time was left to attempt it; it is on the retry queue",
 }
 
 
@@ -46,6 +54,7 @@ class Candidate:
     status: str  # its post_call_push_result status, or "none"
     last_error: str = ""
     held_back: str = ""  # why it will not be replayed; "" when it will
+    next_attempt_at: str = ""  # the attempt the function has scheduled, which a replay makes a no-op
 
 
 @dataclass
@@ -53,9 +62,12 @@ class ReplayLine:
     """What one replay did."""
 
     call_id: str
-    outcome: str  # ok | rejected | failed | skipped | busy | storage_error | a _NOT_PUSHED key
+    outcome: str  # ok | rejected | failed | skipped | busy | storage_error | queue_error | a _NOT_PUSHED key
     http_status: int | None = None
     error: str = ""
+    attempts: int | None = None  # the delivery's attempts so far, this one included
+    next_attempt_at: str | None = None  # the function retries it then (the replay failed retryably)
+    exhausted: bool = False  # the replay failed retryably and no attempt is left
 
 
 @dataclass
@@ -104,8 +116,14 @@ def parse_moment(text: str, option: str) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def candidate_for(call: Mapping[str, Any], *, force: bool, now: datetime) -> Candidate:
-    """The call as a replay candidate, held back when replaying it needs ``--force`` or cannot work."""
+def candidate_for(
+    call: Mapping[str, Any], *, force: bool, now: datetime, delivery: Mapping[str, Any] | None = None
+) -> Candidate:
+    """The call as a replay candidate, held back when replaying it needs ``--force`` or cannot work.
+
+    ``delivery`` is the call's item in the state table (``DeliveryStateTable.get``):
+    its claim and schedule.
+    """
     result = call.get("post_call_push_result")
     result = result if isinstance(result, Mapping) else {}
     status = str(result.get("status") or "none")
@@ -113,11 +131,18 @@ def candidate_for(call: Mapping[str, Any], *, force: bool, now: datetime) -> Can
     if status == "rejected":
         error = f"HTTP {result.get('http_status')}: {truncate(str(result.get('response_body') or ''), 80)}"
     candidate = Candidate(str(call.get("call_id")), str(call.get("results_stored_at") or ""), status, error)
-    claim = call.get("post_call_push_claim")
-    expires = claim.get("expires_at") if isinstance(claim, Mapping) else None
-    if expires is not None and int(expires) > now.timestamp():
-        until = datetime.fromtimestamp(int(expires), UTC).strftime("%H:%M:%S UTC")
-        candidate.held_back = f"a push holds the call until {until}; try again after that"
+    delivery = delivery or {}
+    if delivery.get("st") == "scheduled" and delivery.get("due") is not None:
+        candidate.next_attempt_at = iso_utc(datetime.fromtimestamp(int(delivery["due"]), UTC))
+    lease = delivery.get("lease_until") if delivery.get("claim_id") else None
+    # A lease is held through its last second (adapters/state.py). Even --force waits for it: the core
+    # never takes a live claim, because its holder may be sending this very call right now.
+    if lease is not None and int(lease) >= int(now.timestamp()):
+        until = datetime.fromtimestamp(int(lease), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        candidate.held_back = (
+            f"a push holds the call until {until} (its lease) and may be sending it now; "
+            "try again after that (--force does not take a live claim)"
+        )
     elif force:
         pass
     elif status == "ok":
@@ -137,8 +162,13 @@ def select_range(
     force: bool,
     now: datetime,
     limit: int | None = None,
+    get_delivery: Callable[[str], Mapping[str, Any] | None] | None = None,
 ) -> tuple[list[Candidate], list[Candidate], int]:
-    """(to replay, held back, filtered out) among a bot's calls, read one by one from the table."""
+    """(to replay, held back, filtered out) among a bot's calls, read one by one from the tables.
+
+    ``get_delivery`` reads a call's state-table item, only for calls of a
+    status asked for.
+    """
     selected: list[Candidate] = []
     held: list[Candidate] = []
     filtered_out = 0
@@ -149,7 +179,10 @@ def select_range(
         candidate = candidate_for(call, force=force, now=now)
         if candidate.status not in statuses:
             filtered_out += 1
-        elif candidate.held_back:
+            continue
+        if get_delivery is not None:
+            candidate = candidate_for(call, force=force, now=now, delivery=get_delivery(call_id))
+        if candidate.held_back:
             held.append(candidate)
         elif limit is None or len(selected) < limit:
             selected.append(candidate)
@@ -172,7 +205,19 @@ def line_for(outcome: PushOutcome) -> ReplayLine:
     error = result.error or ""
     if result.status == "rejected":
         error = truncate(result.response_body, 120)
-    return ReplayLine(outcome.call_id, result.status, result.http_status, error)
+    if result.next_attempt_at:
+        error += f" (attempt {result.attempts}; the function retries at {result.next_attempt_at})"
+    elif result.exhausted:
+        error += f" (attempt {result.attempts}; no attempt left)"
+    return ReplayLine(
+        outcome.call_id,
+        result.status,
+        result.http_status,
+        error.strip(),
+        attempts=result.attempts,
+        next_attempt_at=result.next_attempt_at,
+        exhausted=result.exhausted,
+    )
 
 
 def replay_calls(
@@ -209,6 +254,8 @@ def replay_calls(
             line = ReplayLine(call_id, "busy", error=str(exc))
         except StorageError as exc:
             line = ReplayLine(call_id, "storage_error", error=str(exc))
+        except QueueError as exc:
+            line = ReplayLine(call_id, "queue_error", error=str(exc))
         lines.append(line)
         on_done(line)
     return lines, False
@@ -271,12 +318,27 @@ def _render_dry_run(console: Console, report: ReplayReport) -> None:
         f"at {report.rate:g}/s (about {seconds:.0f}s), by {report.by}: {report.reason!r}"
     )
     if report.selected:
-        grid = table("Would replay", "call id", "results stored at", "current status", "last error")
+        grid = table(
+            "Would replay", "call id", "results stored at", "current status", "scheduled attempt", "last error"
+        )
         for candidate in report.selected[:MAX_LISTED]:
-            row(grid, candidate.call_id, candidate.stored_at, candidate.status, candidate.last_error)
+            row(
+                grid,
+                candidate.call_id,
+                candidate.stored_at,
+                candidate.status,
+                candidate.next_attempt_at or "-",
+                candidate.last_error,
+            )
         console.print(grid)
         if count > MAX_LISTED:
             console.print(f"... and {count - MAX_LISTED} more (--json lists every one)")
+    scheduled = sum(1 for candidate in report.selected if candidate.next_attempt_at)
+    if scheduled:
+        console.print(
+            f"{scheduled} of them have an attempt scheduled: the function retries them by itself. A replay "
+            "pushes them now, and their scheduled attempt then does nothing."
+        )
 
 
 def _render_summary(console: Console, report: ReplayReport) -> None:

@@ -1,4 +1,4 @@
-"""The five runbook checks, as data: ``status`` points at the matching one with the exact next command.
+"""The runbook checks, as data: ``status`` points at the matching one with the exact next command.
 
 The titles are the headings of docs/runbook.md (a test keeps the two in step).
 """
@@ -31,8 +31,9 @@ CRM_REJECTS = Check(2, "CRM rejects the payload")
 LITERAL_PLACEHOLDER = Check(3, "Literal placeholder reached the CRM")
 STRING_NOT_OBJECT = Check(4, "Field sent as a string instead of an object")
 RECORDING_LINK = Check(5, "Recording link broken")
+CRM_DOWN = Check(6, "A CRM is down")  # attempts scheduled on the retry ladder, or the ladder exhausted
 
-CHECKS = (PUSH_NOT_SENT, CRM_REJECTS, LITERAL_PLACEHOLDER, STRING_NOT_OBJECT, RECORDING_LINK)
+CHECKS = (PUSH_NOT_SENT, CRM_REJECTS, LITERAL_PLACEHOLDER, STRING_NOT_OBJECT, RECORDING_LINK, CRM_DOWN)
 
 
 def command(*words: str) -> str:

@@ -1,4 +1,11 @@
-"""``status``: a call's push history, and — when it went wrong — the runbook check and next command."""
+"""``status``: a call's push history and delivery schedule, and — when it went wrong — the runbook check.
+
+Two places describe a call's delivery (contract §10): the call item (the
+result and ``integration_log``, written at the first outcome and when the
+delivery ends) and the delivery-state table (attempts, the next attempt, the
+claim, and the attempts made since the call item was last written). Status
+reads both, so an operator sees attempt 5 while the call item still shows 1.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +17,14 @@ from typing import Any
 from rich.console import Console
 
 from crm_push.config import BotConfig
+from crm_push.delivery import NO_ANSWER_KINDS, iso_utc, schedule_for
 from push_cli.display import print_json, row, table, truncate
-from push_cli.runbook import CRM_REJECTS, PUSH_NOT_SENT, RECORDING_LINK, Check, command
+from push_cli.runbook import CRM_DOWN, CRM_REJECTS, PUSH_NOT_SENT, RECORDING_LINK, Check, command
 
-_CONFIG_ERRORS = (
-    "invalid post_call_push config",
-    "no push config",
-    "post_call_push must be",
-    "payload is",
-    "internal error while rendering",
-    "header ",
-)
+# A scheduled attempt rides the retry queue in hops of at most 15 minutes; one this late lost its message.
+LATE_AFTER_SECONDS = 20 * 60
+RECORDED_ON_CALL = "call"
+RECORDED_IN_STATE = "state table"
 
 
 @dataclass
@@ -28,11 +32,34 @@ class HistoryEntry:
     pushed_at: str
     status: str
     http_status: Any
-    attempts: Any
+    attempts: Any  # which attempt of the delivery this was
+    error_kind: str
     duration_ms: Any
     recording_link: str
     replay: str  # "by alice: CRM was down" or ""
     detail: str  # the error, or the CRM's answer when it rejected
+    recorded_in: str = RECORDED_ON_CALL  # or RECORDED_IN_STATE: not on the call item yet
+
+
+@dataclass
+class DeliveryView:
+    """The call's delivery as the state table has it, with what follows from it for an operator."""
+
+    read: bool  # the state table was read (``note`` says why not)
+    note: str = ""
+    state: str = ""  # "scheduled" (another attempt is due), "done", or "" (no attempt recorded there)
+    attempts: int | None = None
+    max_attempts: int | None = None  # 1 + the bot's retry schedule
+    next_attempt_at: str | None = None
+    next_attempt_in_seconds: int | None = None  # negative once it is overdue
+    last_error_kind: str | None = None
+    exhausted: bool = False
+    claim_held: bool = False  # a push holds the call right now
+    claim_until: str | None = None
+    claim_by: str | None = None  # the trigger holding it: stream:..., sqs:..., eventbridge:..., direct:...
+    claim_expired: bool = False  # a claim whose holder died before recording anything
+    last_written_by: str | None = None
+    unrecorded: list[HistoryEntry] = field(default_factory=list)  # attempts only in the state table so far
 
 
 @dataclass
@@ -40,7 +67,9 @@ class StatusReport:
     call_id: str
     bot_id: str
     results_stored_at: str
-    latest: dict[str, Any] | None
+    latest: dict[str, Any] | None  # post_call_push_result on the call item
+    latest_attempt: dict[str, Any] | None  # the most recent attempt known (may be only in the state table)
+    delivery: DeliveryView
     history: list[HistoryEntry] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     diagnosis: str = ""
@@ -51,78 +80,184 @@ class StatusReport:
         return asdict(self)
 
 
+# --- reading the two sources ----------------------------------------------------------------
+
+
 def _detail(entry: Mapping[str, Any]) -> str:
     if entry.get("status") == "rejected":
         return truncate(str(entry.get("response_body") or ""), 100)
     return truncate(str(entry.get("error") or ""), 100)
 
 
-def _history(call: Mapping[str, Any]) -> list[HistoryEntry]:
-    log = call.get("integration_log")
-    entries = (
-        [e for e in log if isinstance(e, Mapping) and e.get("type") == "post_call_push"]
-        if isinstance(log, list)
-        else []
+def _history_entry(entry: Mapping[str, Any], recorded_in: str) -> HistoryEntry:
+    replay = entry.get("replay")
+    replay_text = f"by {replay.get('by')}: {replay.get('reason')}" if isinstance(replay, Mapping) else ""
+    return HistoryEntry(
+        str(entry.get("pushed_at") or ""),
+        str(entry.get("status") or ""),
+        entry.get("http_status"),
+        entry.get("attempts"),
+        str(entry.get("error_kind") or ""),
+        entry.get("duration_ms"),
+        str(entry.get("recording_link") or ""),
+        truncate(replay_text, 80),
+        _detail(entry),
+        recorded_in,
     )
-    history = []
-    for entry in entries:
-        replay = entry.get("replay")
-        replay_text = f"by {replay.get('by')}: {replay.get('reason')}" if isinstance(replay, Mapping) else ""
-        history.append(
-            HistoryEntry(
-                str(entry.get("pushed_at") or ""),
-                str(entry.get("status") or ""),
-                entry.get("http_status"),
-                entry.get("attempts"),
-                entry.get("duration_ms"),
-                str(entry.get("recording_link") or ""),
-                truncate(replay_text, 80),
-                _detail(entry),
+
+
+def _push_entries(entries: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, Mapping) and e.get("type", "post_call_push") == "post_call_push"]
+
+
+def _epoch(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _delivery_view(
+    state: Mapping[str, Any] | None,
+    unread: str,
+    latest_attempt: Mapping[str, Any] | None,
+    bot: BotConfig | None,
+    now: datetime,
+) -> DeliveryView:
+    view = DeliveryView(read=not unread, note=unread)
+    if bot is not None and bot.push is not None:
+        view.max_attempts = len(schedule_for(bot.push.retry_schedule_seconds)) + 1
+    if latest_attempt is not None:
+        view.last_error_kind = latest_attempt.get("error_kind") or None
+        view.exhausted = latest_attempt.get("exhausted") is True
+        view.attempts = _epoch(latest_attempt.get("attempts"))
+    if state is None:
+        if not unread:
+            view.note = (
+                "the state table no longer holds this delivery (its item expires 30 days after its last write)"
+                if latest_attempt is not None
+                else "no delivery item in the state table: no push has claimed this call"
             )
-        )
-    return history
+        if latest_attempt is not None and latest_attempt.get("next_attempt_at"):
+            # Only the call item to go by: the schedule it was written with, possibly since overtaken.
+            view.state = "scheduled"
+            view.next_attempt_at = str(latest_attempt["next_attempt_at"])
+            planned = _parse_iso(view.next_attempt_at)
+            if planned is not None:
+                view.next_attempt_in_seconds = int((planned - now).total_seconds())
+        return view
+
+    epoch_now = now.timestamp()
+    view.state = str(state.get("st") or "")
+    view.attempts = _epoch(state.get("attempts"))
+    view.last_written_by = state.get("by")
+    due = _epoch(state.get("due"))
+    if view.state == "scheduled" and due is not None:
+        view.next_attempt_at = iso_utc(datetime.fromtimestamp(due, UTC))
+        view.next_attempt_in_seconds = int(due - epoch_now)
+    lease = _epoch(state.get("lease_until"))
+    if state.get("claim_id") and lease is not None:
+        view.claim_until = iso_utc(datetime.fromtimestamp(lease, UTC))
+        view.claim_by = state.get("claim_trigger")
+        # A lease is held through its last second (adapters/state.py).
+        view.claim_held = lease >= int(epoch_now)
+        view.claim_expired = not view.claim_held
+    view.unrecorded = [_history_entry(e, RECORDED_IN_STATE) for e in _push_entries(state.get("log"))]
+    return view
+
+
+def _parse_iso(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def build_status(
-    call: Mapping[str, Any], bot: BotConfig | None, *, bot_exists: bool, now: datetime | None = None
+    call: Mapping[str, Any],
+    bot: BotConfig | None,
+    *,
+    bot_exists: bool,
+    delivery: Mapping[str, Any] | None = None,
+    delivery_unread: str = "",
+    now: datetime | None = None,
 ) -> StatusReport:
-    call_id = str(call.get("call_id"))
-    bot_id = str(call.get("bot_id") or "")
+    """The report for ``call``; ``delivery`` is its state-table item (``delivery_unread`` says why there is none)."""
+    now = now or datetime.now(UTC)
     latest = call.get("post_call_push_result")
+    latest = dict(latest) if isinstance(latest, Mapping) else None
+    pending = _push_entries(delivery.get("log")) if delivery is not None else []
+    latest_attempt = dict(pending[-1]) if pending else latest
     events = call.get("events")
     report = StatusReport(
-        call_id=call_id,
-        bot_id=bot_id,
+        call_id=str(call.get("call_id")),
+        bot_id=str(call.get("bot_id") or ""),
         results_stored_at=str(call.get("results_stored_at") or ""),
-        latest=dict(latest) if isinstance(latest, Mapping) else None,
-        history=_history(call),
+        latest=latest,
+        latest_attempt=latest_attempt,
+        delivery=_delivery_view(delivery, delivery_unread, latest_attempt, bot, now),
+        history=[_history_entry(e, RECORDED_ON_CALL) for e in _push_entries(call.get("integration_log"))],
         events=[dict(e) for e in events if isinstance(e, Mapping) and e.get("type") == "post_call_push"]
         if isinstance(events, list)
         else [],
     )
-    check, report.diagnosis, report.next_commands = _diagnose(
-        call, bot, bot_exists=bot_exists, now=now or datetime.now(UTC)
-    )
+    check, report.diagnosis, report.next_commands = _diagnose(call, bot, report, bot_exists=bot_exists)
     report.runbook = f"{check.reference} (check {check.number}: {check.title})" if check else ""
     return report
 
 
+# --- what it means ------------------------------------------------------------------------------
+
+
+def _what_failed(attempt: Mapping[str, Any]) -> str:
+    """The latest attempt's failure in words, from its ``error_kind`` (contract §10)."""
+    kind = attempt.get("error_kind")
+    error = truncate(str(attempt.get("error") or ""), 160)
+    if attempt.get("http_status") is not None:
+        body = truncate(str(attempt.get("response_body") or ""), 120)
+        return f"the CRM answered HTTP {attempt.get('http_status')}" + (f": {body}" if body else "")
+    if kind == "circuit_open":
+        return "the CRM failed repeatedly, so its circuit is open and calls to it wait (no attempt spent)"
+    if kind == "secret":
+        return f"a secret of the config could not be read ({error})"
+    if kind in NO_ANSWER_KINDS:
+        return f"the CRM did not answer ({kind}: {error})"
+    return error or f"the attempt failed ({kind or 'no error kind recorded'})"
+
+
+def in_words(seconds: float) -> str:
+    """A duration as an operator reads it, to two units: ``4m 10s``, ``2h 0m``, ``1d 3h``."""
+    left = abs(int(seconds))
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    first = next(i for i, (_, size) in enumerate(units) if left >= size or size == 1)
+    parts: list[str] = []
+    for unit, size in units[first : first + 2]:
+        parts.append(f"{left // size}{unit}")
+        left %= size
+    return " ".join(parts)
+
+
 def _diagnose(
-    call: Mapping[str, Any], bot: BotConfig | None, *, bot_exists: bool, now: datetime
+    call: Mapping[str, Any], bot: BotConfig | None, report: StatusReport, *, bot_exists: bool
 ) -> tuple[Check | None, str, list[str]]:
-    call_id = str(call.get("call_id"))
-    bot_id = str(call.get("bot_id") or "")
+    call_id = report.call_id
+    bot_id = report.bot_id
     preview = command("preview", "--call-id", call_id)
     lint = command("lint", "--bot-id", bot_id)
     replay = command("replay", "--call-id", call_id, "--reason", "<why, e.g. the ticket>")
-    latest = call.get("post_call_push_result")
-    if not isinstance(latest, Mapping):
-        return _never_pushed(call, bot, bot_exists=bot_exists, now=now)
+    look_again = command("status", "--call-id", call_id)
+    attempt = report.latest_attempt
+    delivery = report.delivery
+    if attempt is None:
+        return _never_pushed(call, bot, report, bot_exists=bot_exists)
 
-    status = latest.get("status")
-    error = str(latest.get("error") or "")
+    status = attempt.get("status")
+    kind = attempt.get("error_kind")
     if status == "ok":
-        if latest.get("recording_link") == "none":
+        if attempt.get("recording_link") == "none":
             return (
                 RECORDING_LINK,
                 "pushed ok, but the CRM got an empty recording link",
@@ -133,26 +268,87 @@ def _diagnose(
             "pushed ok. If the CRM shows a wrong or empty field, preview explains every field (checks 3-5)",
             [preview],
         )
-    if status == "rejected":
-        body = truncate(str(latest.get("response_body") or ""), 160)
-        return (
-            CRM_REJECTS,
-            f"the CRM answered HTTP {latest.get('http_status')}: {body}",
-            [preview, command("lint", "--bot-id", bot_id, "--schema", "crm-schema.json"), replay],
-        )
     if status == "skipped":
         return PUSH_NOT_SENT, "not sent: the bot's post_call_push has no url", [lint, replay]
-    if any(marker in error for marker in _CONFIG_ERRORS):
-        return PUSH_NOT_SENT, f"not sent: the config cannot be used: {truncate(error, 200)}", [lint, preview, replay]
-    return (PUSH_NOT_SENT, f"not sent: the CRM did not answer ({truncate(error, 200)})", [preview, replay])
+
+    attempts = delivery.attempts if delivery.attempts is not None else attempt.get("attempts")
+    if delivery.state == "scheduled" and delivery.next_attempt_at:
+        what = _what_failed(attempt)
+        following = f"attempt {int(attempts or 0) + 1}" + (
+            f" of {delivery.max_attempts}" if delivery.max_attempts else ""
+        )
+        if delivery.claim_held:
+            return (
+                CRM_DOWN,
+                f"{what}; {following} is being made right now (a push holds the call until "
+                f"{delivery.claim_until}); look again in a moment",
+                [look_again],
+            )
+        wait = delivery.next_attempt_in_seconds
+        if wait is not None and wait < -LATE_AFTER_SECONDS:
+            return (
+                CRM_DOWN,
+                f"{what}; {following} was due at {delivery.next_attempt_at} ({in_words(wait)} ago) and has not "
+                "run: its retry-queue message is late or lost (see the retry dead-letter queue and the "
+                "function's errors). A replay pushes it now",
+                [replay],
+            )
+        when = f"in {in_words(wait)}" if wait is not None and wait >= 0 else "due now"
+        return (
+            CRM_DOWN,
+            f"{what}. Nothing to do: the push retries by itself - {following} at {delivery.next_attempt_at} "
+            f"({when}). Once the CRM is back, a replay pushes it now instead",
+            [look_again, replay],
+        )
+    if delivery.exhausted:
+        since = report.results_stored_at[:10] or "<the outage's first day>"
+        range_replay = ["replay", "--bot-id", bot_id, "--status", "failed,rejected", "--since", since]
+        return (
+            CRM_DOWN,
+            f"delivery exhausted: {_what_failed(attempt)}, on the last of {attempts} attempt(s) of the retry "
+            "schedule; nothing retries it now. Check that the CRM is back (or ask its owner), then replay it - "
+            "and the other calls of the outage",
+            [
+                preview,
+                replay,
+                command(*range_replay, "--reason", "<why, e.g. the ticket>", "--dry-run"),
+            ],
+        )
+    if kind == "http_status" or (status == "rejected" and kind is None):
+        return (
+            CRM_REJECTS,
+            _what_failed(attempt),
+            [preview, command("lint", "--bot-id", bot_id, "--schema", "crm-schema.json"), replay],
+        )
+    error = truncate(str(attempt.get("error") or ""), 200)
+    if kind in ("config", "payload_too_large"):
+        return PUSH_NOT_SENT, f"not sent: the config cannot be used: {error}", [lint, preview, replay]
+    if kind == "secret":
+        return PUSH_NOT_SENT, f"not sent: {_what_failed(attempt)}", [lint, replay]
+    if kind == "destination_refused":
+        return (
+            PUSH_NOT_SENT,
+            f"not sent: the CRM's address is refused (loopback, private, link-local or metadata): {error}",
+            [preview, lint],
+        )
+    if kind == "internal":
+        return (
+            PUSH_NOT_SENT,
+            f"not sent: an internal error in the push (a bug: see the function's logs for this call): {error}",
+            [preview, replay],
+        )
+    if kind in NO_ANSWER_KINDS or kind == "circuit_open":
+        return PUSH_NOT_SENT, f"not sent: {_what_failed(attempt)}; no attempt is scheduled", [preview, replay]
+    return PUSH_NOT_SENT, f"not sent: {error or 'no error recorded'}", [lint, preview, replay]
 
 
 def _never_pushed(
-    call: Mapping[str, Any], bot: BotConfig | None, *, bot_exists: bool, now: datetime
+    call: Mapping[str, Any], bot: BotConfig | None, report: StatusReport, *, bot_exists: bool
 ) -> tuple[Check | None, str, list[str]]:
-    call_id = str(call.get("call_id"))
-    bot_id = str(call.get("bot_id") or "")
+    call_id = report.call_id
+    bot_id = report.bot_id
     replay = command("replay", "--call-id", call_id, "--reason", "<why, e.g. the ticket>")
+    delivery = report.delivery
     if not call.get("results_stored_at"):
         return (
             PUSH_NOT_SENT,
@@ -174,22 +370,29 @@ def _never_pushed(
             f"never pushed by design: bot {bot_id} has no post_call_push config",
             [command("lint", "--bot-id", bot_id)],
         )
-    claim = call.get("post_call_push_claim")
-    if isinstance(claim, Mapping):
-        expires = int(claim.get("expires_at") or 0)
-        until = datetime.fromtimestamp(expires, UTC).isoformat()
-        if expires > now.timestamp():
-            return (
-                PUSH_NOT_SENT,
-                f"a push is in progress (claimed at {claim.get('claimed_at')}, lease until "
-                f"{until}); look again after that",
-                [command("status", "--call-id", call_id)],
-            )
+    if delivery.claim_held:
         return (
             PUSH_NOT_SENT,
-            f"a push claimed the call at {claim.get('claimed_at')} and died before recording a "
-            "result (Lambda timeout or crash: see the function's logs)",
+            f"a push is in progress ({delivery.claim_by or 'a push'} holds the call until "
+            f"{delivery.claim_until}); look again after that",
+            [command("status", "--call-id", call_id)],
+        )
+    if delivery.claim_expired:
+        return (
+            PUSH_NOT_SENT,
+            f"a push ({delivery.claim_by or 'unknown trigger'}) claimed the call and died before recording an "
+            f"attempt (Lambda timeout or crash: see the function's logs); its lease ended at "
+            f"{delivery.claim_until}, so the next delivery of the trigger takes over, or a replay does now",
             [replay],
+        )
+    if delivery.state == "scheduled" and delivery.next_attempt_at:
+        wait = delivery.next_attempt_in_seconds
+        when = f"in {in_words(wait)}" if wait is not None and wait >= 0 else f"{in_words(wait or 0)} ago"
+        return (
+            PUSH_NOT_SENT,
+            f"not attempted yet: the push put the call on the retry queue without an attempt (no time left "
+            f"in its invocation); it goes at {delivery.next_attempt_at} ({when})",
+            [command("status", "--call-id", call_id), replay],
         )
     return (
         PUSH_NOT_SENT,
@@ -197,6 +400,40 @@ def _never_pushed(
         "claiming the call (see the function's errors and the stream's iterator age)",
         [command("preview", "--call-id", call_id), replay],
     )
+
+
+# --- showing --------------------------------------------------------------------------------------
+
+
+def _delivery_lines(report: StatusReport) -> list[str]:
+    delivery = report.delivery
+    lines = []
+    of = f" of {delivery.max_attempts}" if delivery.max_attempts else ""
+    attempts = f"{delivery.attempts if delivery.attempts is not None else 0}{of} attempt(s)"
+    if delivery.state == "scheduled" and delivery.next_attempt_at:
+        wait = delivery.next_attempt_in_seconds
+        when = "" if wait is None else f" (in {in_words(wait)})" if wait >= 0 else f" (overdue by {in_words(wait)})"
+        state = f"scheduled: next attempt at {delivery.next_attempt_at}{when}"
+    elif delivery.exhausted:
+        state = "exhausted: no attempt left"
+    elif delivery.state == "done":
+        state = "ended"
+    else:
+        state = "no attempt recorded"
+    kind = f"; last error kind: {delivery.last_error_kind}" if delivery.last_error_kind else ""
+    lines.append(f"Delivery: {attempts}, {state}{kind}")
+    if delivery.claim_held:
+        lines.append(f"  claim: held by {delivery.claim_by or 'a push'} until {delivery.claim_until}")
+    elif delivery.claim_expired:
+        lines.append(f"  claim: expired at {delivery.claim_until} without a recorded attempt (its holder died)")
+    if delivery.unrecorded:
+        lines.append(
+            f"  {len(delivery.unrecorded)} attempt(s) so far only in the state table: the call item gets them "
+            "when the delivery ends"
+        )
+    if delivery.note:
+        lines.append(f"  ({delivery.note})")
+    return lines
 
 
 def render_status(console: Console, report: StatusReport, *, as_json: bool) -> None:
@@ -207,41 +444,50 @@ def render_status(console: Console, report: StatusReport, *, as_json: bool) -> N
         f"Call {report.call_id} (bot {report.bot_id or '-'}), results stored at "
         f"{report.results_stored_at or '(not yet)'}"
     )
-    latest = report.latest
+    latest = report.latest_attempt
     if latest is not None:
         http = latest.get("http_status")
+        kind = latest.get("error_kind")
         console.print(
             f"Latest push: {str(latest.get('status')).upper()}"
-            f"{f' HTTP {http}' if http is not None else ''} at {latest.get('pushed_at')} - "
-            f"{latest.get('method')} {latest.get('url')} - recording link: {latest.get('recording_link') or '-'}"
+            f"{f' HTTP {http}' if http is not None else ''}{f' ({kind})' if kind else ''} at "
+            f"{latest.get('pushed_at')} - {latest.get('method')} {latest.get('url')} - recording link: "
+            f"{latest.get('recording_link') or '-'}"
         )
         if latest.get("replay"):
             replay = latest["replay"]
             console.print(f"  replayed by {replay.get('by')}: {truncate(str(replay.get('reason')), 120)}")
     else:
         console.print("Latest push: none recorded")
-    if report.history:
+    for line in _delivery_lines(report):
+        console.print(line)
+    entries = [*report.history, *report.delivery.unrecorded]
+    if entries:
         grid = table(
-            f"Push history (integration_log, {len(report.history)} attempt(s))",
+            f"Push history ({len(entries)} attempt(s))",
             "pushed at",
+            "attempt",
             "status",
             "http",
-            "attempts",
+            "error kind",
             "ms",
             "recording link",
             "replay",
+            "recorded in",
             "error / CRM answer",
         )
-        for entry in report.history:
+        for entry in entries:
             row(
                 grid,
                 entry.pushed_at,
+                _dash(entry.attempts),
                 entry.status,
                 _dash(entry.http_status),
-                _dash(entry.attempts),
+                entry.error_kind or "-",
                 _dash(entry.duration_ms),
                 entry.recording_link or "-",
                 entry.replay or "-",
+                "integration_log" if entry.recorded_in == RECORDED_ON_CALL else entry.recorded_in,
                 entry.detail or "-",
             )
         console.print(grid)

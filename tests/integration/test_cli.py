@@ -5,16 +5,24 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shlex
 import signal
+import time
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from crm_push.adapters.state import DeliveryStateTable
+from crm_push.config import Settings
+from crm_push.push import PushOutcome, push_call
+from crm_push.wiring import build_deps
 from push_cli.main import Clock, main
 from scripts.local_crm import CrmAnswer
-from tests.conftest import Stack
+from tests.conftest import Stack, insert_event
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "Bearer sk_live_sample_token_not_real"
@@ -64,6 +72,7 @@ def push_result(status: str, **fields: Any) -> dict[str, Any]:
         "pushed_at": "2026-11-01T10:00:05.000Z",
         "duration_ms": 12,
         "attempts": 1,
+        "error_kind": fields.get("error_kind"),
         "recording_link": fields.get("recording_link", "public_token"),
     }
 
@@ -454,15 +463,15 @@ def seed_range(stack: Stack, sample_call: dict[str, Any]) -> dict[str, dict[str,
     calls = {
         "failed": with_result(
             new_call(sample_call, results_stored_at="2026-11-01T08:00:00.000Z"),
-            push_result("failed", error="timed out after 10.0s"),
+            push_result("failed", error="timed out after 10.0s", error_kind="timeout"),
         ),
         "failed_too": with_result(
             new_call(sample_call, results_stored_at="2026-11-01T09:00:00.000Z"),
-            push_result("failed", error="connection failed: ConnectionRefusedError"),
+            push_result("failed", error="connection failed: ConnectionRefusedError", error_kind="connection"),
         ),
         "rejected": with_result(
             new_call(sample_call, results_stored_at="2026-11-01T10:00:00.000Z"),
-            push_result("rejected", http_status=422, response_body="bad"),
+            push_result("rejected", http_status=422, response_body="bad", error_kind="http_status"),
         ),
         "ok": with_result(
             new_call(sample_call, results_stored_at="2026-11-01T11:00:00.000Z"), push_result("ok", http_status=200)
@@ -614,14 +623,15 @@ def test_status_shows_every_push_including_replays(capsys, stack, sample_call, s
 
 def test_status_of_a_failed_push_names_check_1(capsys, stack, sample_call, sample_bot):
     stack.put_bot(sample_bot)
-    call = with_result(new_call(sample_call), push_result("failed", error="connection failed: ConnectionRefused"))
+    result = push_result("failed", error="connection failed: ConnectionRefused", error_kind="connection")
+    call = with_result(new_call(sample_call), result)
     stack.put_call(call)
 
     code, status = run_json(capsys, "status", "--call-id", call["call_id"])
 
     assert code == 0
     assert status["runbook"].startswith("docs/runbook.md#1-push-not-sent")
-    assert "the CRM did not answer" in status["diagnosis"]
+    assert "the CRM did not answer (connection: connection failed" in status["diagnosis"]
     assert any(c.startswith(f"post-call-push replay --call-id {call['call_id']}") for c in status["next_commands"])
 
 
@@ -647,11 +657,228 @@ def test_status_of_an_unknown_call_exits_2(capsys, stack):
 
 def test_global_options_override_the_environment(capsys, stack, seeded, monkeypatch):
     monkeypatch.setenv("CALLS_TABLE", "Calls-that-does-not-exist")
+    monkeypatch.setenv("PUSH_STATE_TABLE", "PushState-that-does-not-exist")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_DYNAMODB")
     monkeypatch.delenv("AWS_ENDPOINT_URL")
 
-    code, _, _ = run(
+    code, status = run_json(
         capsys, "--endpoint-url", stack.dynamodb.meta.endpoint_url, "status", "--calls-table", stack.calls_table,
-        "--call-id", seeded["call_id"],
+        "--state-table", stack.state_table, "--call-id", seeded["call_id"],
     )  # fmt: skip
 
     assert code == 0
+    assert status["delivery"]["read"]
+    assert status["delivery"]["note"] == "no delivery item in the state table: no push has claimed this call"
+
+
+def test_status_without_a_state_table_shows_the_call_item_and_says_what_it_missed(capsys, stack, seeded, monkeypatch):
+    monkeypatch.delenv("PUSH_STATE_TABLE")
+
+    code, out, _ = run(capsys, "status", "--call-id", seeded["call_id"])
+
+    assert code == 0
+    assert "state table not read: pass --state-table or set PUSH_STATE_TABLE" in out
+
+
+def test_replay_needs_the_state_table_and_says_so(capsys, stack, seeded, monkeypatch):
+    monkeypatch.delenv("PUSH_STATE_TABLE")
+
+    code, _, err = run(capsys, "replay", "--call-id", seeded["call_id"], "--reason", "x")
+
+    assert code == 2
+    assert "no state table: pass --state-table or set PUSH_STATE_TABLE" in err
+    assert stack.crm.requests == []
+
+
+# --- durable delivery: the schedule, a pending attempt, a live claim, an exhausted delivery ------------
+
+
+def first_attempt_queues_its_retry(call_id: str) -> PushOutcome:
+    """One attempt through the function's own wiring, as a stream record would make it.
+
+    The deadline stays 10.5 s away: room for an attempt (10 s), none to wait out
+    even a 1 s retry in the invocation, so the retry rides the SQS retry queue
+    as every delay over 10 s does, and arrives within a couple of seconds.
+    """
+    deps = replace(build_deps(Settings.from_env()), deadline=lambda: time.monotonic() + 10.5)
+    return push_call(call_id, deps, trigger=f"stream:{uuid.uuid4().hex}")
+
+
+def next_retry_message(stack: Stack) -> dict[str, Any]:
+    """The retry queue's next message, waiting for its delay (long poll; it is due in about a second)."""
+    for _ in range(3):
+        received = stack.sqs.receive_message(
+            QueueUrl=stack.retry_queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=10, AttributeNames=["All"]
+        )
+        if received.get("Messages"):
+            message: dict[str, Any] = received["Messages"][0]
+            return message
+    raise AssertionError("no message reached the retry queue")
+
+
+def deliver_to_handler(handler: Any, stack: Stack, message: dict[str, Any]) -> Any:
+    """Hand a retry-queue message to the real handler as Lambda's SQS event source does, deleting it on success."""
+    event = {
+        "Records": [
+            {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": message.get("Attributes", {}),
+                "messageAttributes": {},
+                "md5OfBody": message["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:post-call-push-retry",
+                "awsRegion": "us-east-1",
+            }
+        ]
+    }
+    response = handler(event)
+    if not response.get("batchItemFailures"):
+        stack.sqs.delete_message(QueueUrl=stack.retry_queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return response
+
+
+def queue_is_empty(stack: Stack) -> bool:
+    attributes = stack.sqs.get_queue_attributes(
+        QueueUrl=stack.retry_queue_url,
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
+    )["Attributes"]
+    return all(int(count) == 0 for count in attributes.values())
+
+
+def crm_down(_request: Any) -> CrmAnswer:
+    return CrmAnswer(status=503, body=b"down for maintenance")
+
+
+def crm_up(_request: Any) -> CrmAnswer:
+    return CrmAnswer()
+
+
+def test_replay_of_a_call_with_an_attempt_pending_pushes_now_and_the_pending_attempt_does_nothing(
+    capsys, stack, sample_call, sample_bot, handler
+):
+    sample_bot["post_call_push"]["retry_schedule_seconds"] = [1]
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+    call_id = sample_call["call_id"]
+    stack.crm.responder = crm_down
+    first = first_attempt_queues_its_retry(call_id)
+    assert first.result is not None
+    assert first.result.next_attempt_at is not None
+
+    code, status = run_json(capsys, "status", "--call-id", call_id)
+    assert code == 0
+    assert status["runbook"].startswith("docs/runbook.md#6-a-crm-is-down")
+    assert "Nothing to do: the push retries by itself - attempt 2 of 2" in status["diagnosis"]
+    assert status["delivery"]["state"] == "scheduled"
+    assert status["delivery"]["next_attempt_at"] == first.result.next_attempt_at[:20] + "000Z"  # whole seconds
+    assert status["delivery"]["last_error_kind"] == "http_status"
+
+    stack.crm.responder = crm_up  # the CRM is back
+    code, report = run_json(capsys, "replay", "--call-id", call_id, "--reason", "CRM back, INC-9", "--by", "asha")
+    assert code == 0
+    assert report["counts"] == {"ok": 1}
+    assert len(stack.crm.requests) == 2
+
+    # The attempt scheduled before the replay arrives: the delivery is done, so it sends nothing.
+    response = deliver_to_handler(handler, stack, next_retry_message(stack))
+
+    assert response == {"batchItemFailures": []}
+    assert len(stack.crm.requests) == 2
+    stored = stack.get_call(call_id)
+    assert stored["post_call_push_result"]["status"] == "ok"
+    assert stored["post_call_push_result"]["attempts"] == 2
+    assert stored["post_call_push_result"]["replay"] == {"by": "asha", "reason": "CRM back, INC-9"}
+    assert [(e["status"], e["attempts"]) for e in stored["integration_log"]] == [("rejected", 1), ("ok", 2)]
+    assert queue_is_empty(stack)
+
+
+def test_status_shows_attempts_the_call_item_does_not_have_yet(capsys, stack, sample_call, sample_bot, handler):
+    sample_bot["post_call_push"]["retry_schedule_seconds"] = [1, 600]
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+    call_id = sample_call["call_id"]
+    stack.crm.responder = crm_down
+    first_attempt_queues_its_retry(call_id)
+    deliver_to_handler(handler, stack, next_retry_message(stack))  # attempt 2 fails too: 10 minutes to the third
+    assert len(stack.crm.requests) == 2
+    capsys.readouterr()  # the handler's metrics (EMF lines on stdout) are not the CLI's output
+
+    code, status = run_json(capsys, "status", "--call-id", call_id)
+
+    assert code == 0
+    assert status["latest"]["attempts"] == 1  # the call item is next written when the delivery ends
+    assert status["latest_attempt"]["attempts"] == 2
+    delivery = status["delivery"]
+    assert (delivery["attempts"], delivery["max_attempts"], delivery["state"]) == (2, 3, "scheduled")
+    assert 500 <= delivery["next_attempt_in_seconds"] <= 660
+    assert [(e["attempts"], e["http_status"], e["recorded_in"]) for e in delivery["unrecorded"]] == [
+        (2, 503, "state table")
+    ]
+    assert [(h["attempts"], h["recorded_in"]) for h in status["history"]] == [(1, "call")]
+    assert delivery["claim_held"] is False
+    assert "attempt 3 of 3 at" in status["diagnosis"]
+
+    code, out, _ = run(capsys, "status", "--call-id", call_id)
+    assert "Latest push: REJECTED HTTP 503 (http_status)" in out
+    assert "Delivery: 2 of 3 attempt(s), scheduled: next attempt at" in out
+    assert "1 attempt(s) so far only in the state table" in out
+    assert "Runbook: docs/runbook.md#6-a-crm-is-down" in out
+
+
+def test_replay_holds_back_a_call_a_push_holds_now_even_with_force(capsys, stack, seeded):
+    call_id = seeded["call_id"]
+    # The function's own claim, as a push in flight holds it.
+    state = DeliveryStateTable(stack.dynamodb, stack.state_table)
+    state.claim(call_id, uuid.uuid4().hex, "stream:ev-1", datetime.now(UTC), 600, force=False)
+    lease = int(state.get(call_id)["lease_until"])
+    until = datetime.fromtimestamp(lease, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    for extra in ([], ["--force"]):
+        code, out, _ = run(capsys, "replay", "--call-id", call_id, "--reason", "INC-3", *extra)
+        assert code == 1
+        assert f"a push holds the call until {until}" in out
+
+    assert stack.crm.requests == []
+    code, status = run_json(capsys, "status", "--call-id", call_id)
+    assert status["delivery"]["claim_held"] is True
+    assert status["delivery"]["claim_by"] == "stream:ev-1"
+    assert "a push is in progress (stream:ev-1 holds the call until" in status["diagnosis"]
+
+
+def test_an_exhausted_delivery_is_replayed_with_the_command_status_gives(
+    capsys, stack, sample_call, sample_bot, handler
+):
+    sample_bot["post_call_push"]["retry_schedule_seconds"] = []  # one attempt, then exhausted
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+    call_id = sample_call["call_id"]
+    stack.crm.responder = crm_down
+    assert handler(insert_event(sample_call)) == {"batchItemFailures": []}
+    capsys.readouterr()  # the handler's metrics (EMF lines on stdout) are not the CLI's output
+
+    code, status = run_json(capsys, "status", "--call-id", call_id)
+
+    assert code == 0
+    assert status["delivery"]["exhausted"] is True
+    assert status["runbook"].startswith("docs/runbook.md#6-a-crm-is-down")
+    assert status["diagnosis"].startswith("delivery exhausted: the CRM answered HTTP 503")
+    range_replay = status["next_commands"][2]
+    assert range_replay.startswith(
+        f"post-call-push replay --bot-id {sample_bot['bot_id']} --status failed,rejected --since 2026-11-25"
+    )
+
+    stack.crm.responder = crm_up
+    words = shlex.split(range_replay)[1:]
+    words.remove("--dry-run")
+    code, report = run_json(capsys, *words)
+
+    assert code == 0
+    assert [line["call_id"] for line in report["lines"]] == [call_id]
+    assert report["counts"] == {"ok": 1}
+    assert stack.get_call(call_id)["post_call_push_result"]["status"] == "ok"
