@@ -7,6 +7,8 @@ nothing is written.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import ipaddress
 import json
 from collections.abc import Iterator, Mapping
@@ -17,11 +19,13 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 
-from crm_push.config import BotConfig
+from crm_push.config import BotConfig, SecretRef
 from crm_push.errors import ConfigError
 from crm_push.jsonvalues import to_json, to_text
 from crm_push.push import PushDeps, prepare_push
 from crm_push.recording import parse_recording_location
+from crm_push.secrets import SecretUnavailable
+from crm_push.signing import SIGNATURE_HEADERS
 from crm_push.templates import Placeholder, Resolution, compile_template, explain_placeholder
 from crm_push.variables import QC_SEEDED_KEYS
 from push_cli.display import (
@@ -130,8 +134,9 @@ def build_preview(
 
     redactor = Redactor(_secrets_of(call_doc, bot))
     try:
-        prepared = prepare_push(call_doc, bot, deps)
-    except ConfigError as exc:
+        # References are not read here: the preview shows where each value comes from, never the value.
+        prepared = prepare_push(call_doc, _references_as_markers(bot), deps)
+    except (ConfigError, SecretUnavailable) as exc:
         preview.reason = f"the push would fail and be recorded as failed: {exc}"
         return preview
 
@@ -139,7 +144,7 @@ def build_preview(
     preview.would_send = True
     preview.method = request.method
     preview.url = request.recorded_url
-    preview.headers = _header_lines(request.headers, bot, prepared.variables)
+    preview.headers = _header_lines(request.headers, bot, prepared.variables, request.method)
     preview.fields = list(
         _explain_fields(config.key_mapper, prepared.payload, prepared.variables, call_doc, bot, redactor, width)
     )
@@ -161,9 +166,33 @@ def build_preview(
 def _secrets_of(call_doc: Mapping[str, Any], bot: BotConfig) -> list[str]:
     secrets = [str(call_doc.get("recording_access_token") or "")]
     if bot.push is not None:
-        secrets.append(bot.push.token or "")
-        secrets.extend((bot.push.headers or {}).values())
+        credentials = [bot.push.token, *(bot.push.headers or {}).values(), *(bot.push.signing_secret or ())]
+        secrets.extend(value for value in credentials if isinstance(value, str))
     return secrets
+
+
+_STAND_IN_SIGNING_KEY = "whsec_" + base64.b64encode(b"preview-stand-in-not-a-secret").decode()
+
+
+def _marker(ref: SecretRef) -> str:
+    return f"(from {ref.describe()} at push time)"
+
+
+def _references_as_markers(bot: BotConfig) -> BotConfig:
+    """The bot with each referenced credential replaced by a stand-in: a marker naming the reference for a
+    token or header value, a fixed key for a signing secret. Nothing is read from a store."""
+    config = bot.push
+    if config is None or not config.references:
+        return bot
+    token = _marker(config.token) if isinstance(config.token, SecretRef) else config.token
+    headers = {
+        name: _marker(value) if isinstance(value, SecretRef) else value
+        for name, value in (config.headers or {}).items()
+    }
+    # The request is signed with a stand-in key; its signature is never shown (see _signature_lines).
+    signing = tuple(_STAND_IN_SIGNING_KEY if isinstance(s, SecretRef) else s for s in config.signing_secret or ())
+    changes = {"token": token, "headers": headers or None, "signing_secret": signing or None}
+    return dataclasses.replace(bot, push=config.model_copy(update=changes))
 
 
 def _how(
@@ -272,23 +301,53 @@ def _why_string(raw: str, placeholders: tuple[Placeholder, ...], variables: Mapp
     return notes
 
 
-def _header_lines(headers: Mapping[str, str], bot: BotConfig, variables: Mapping[str, Any]) -> list[HeaderLine]:
+def _header_lines(
+    headers: Mapping[str, str], bot: BotConfig, variables: Mapping[str, Any], method: str = "POST"
+) -> list[HeaderLine]:
     config = bot.push
     configured = dict(config.headers or {}) if config else {}
     lines = []
     for name, value in headers.items():
+        if name.lower() in SIGNATURE_HEADERS:
+            continue  # shown below, with what is signed
         if name in configured:
+            credential = configured[name]
+            if isinstance(credential, SecretRef):
+                lines.append(HeaderLine(name, _marker(credential), "secret reference in config"))
+                continue
             notes = [
                 f"{p.source} resolved from nothing: the header is sent without it"
-                for p in compile_template(configured[name]).placeholders
+                for p in compile_template(credential).placeholders
                 if explain_placeholder(p, variables)[0] is Resolution.UNRESOLVED
             ]
             lines.append(HeaderLine(name, mask_secret(value) if value else '""', "headers in config", notes))
+        elif name == "Authorization" and config is not None and isinstance(config.token, SecretRef):
+            lines.append(HeaderLine(name, _marker(config.token), "token: secret reference in config"))
         elif name == "Authorization" and config is not None and config.token:
             lines.append(HeaderLine(name, mask_secret(value), "token in config"))
         else:
             lines.append(HeaderLine(name, value, "always sent"))
+    if config is not None and config.signing_secret:
+        lines.extend(_signature_lines(headers, config.signing_secret, method))
     return lines
+
+
+def _signature_lines(headers: Mapping[str, str], secrets: tuple[str | SecretRef, ...], method: str) -> list[HeaderLine]:
+    """The Standard Webhooks headers and what they sign; the secrets only by where they come from."""
+    call_id = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), "")
+    signed = "the query string as sent (after ?)" if method == "GET" else "the JSON body as sent"
+    sources = [s.describe() if isinstance(s, SecretRef) else "a plaintext whsec_ secret in config" for s in secrets]
+    source = f"signing_secret ({len(secrets)} secret{'s' if len(secrets) > 1 else ''})"
+    return [
+        HeaderLine("webhook-id", call_id, source, ["the Idempotency-Key: the same on every attempt"]),
+        HeaderLine("webhook-timestamp", "(Unix seconds of each attempt)", source, ["fresh on every attempt"]),
+        HeaderLine(
+            "webhook-signature",
+            " ".join(["v1,…(computed per attempt)"] * len(secrets)),
+            source,
+            [f"HMAC-SHA256 of webhook-id.webhook-timestamp.{signed}", "signed with: " + "; ".join(sources)],
+        ),
+    ]
 
 
 def _recording_check(
