@@ -30,6 +30,7 @@ from crm_push.config import BotConfig, load_bot_config
 from crm_push.errors import ConfigError, PushError, StorageError
 from crm_push.push import Replay, push_call
 from push_cli import lint as lint_module
+from push_cli import secrets as secrets_cli
 from push_cli.context import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="check against this call instead of recent ones (repeatable)",
     )
     lint.add_argument("--schema", metavar="FILE", help="a JSON Schema of the CRM's payload")
+    lint.add_argument(
+        "--skip-secrets", action="store_true", help="do not read the secrets and parameters the config references"
+    )
     lint.add_argument("--json", action="store_true", help="machine-readable output")
 
     replay = commands.add_parser(
@@ -220,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--call-id", required=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    secrets_cli.add_parser(commands, common, EPILOG)
     return parser
 
 
@@ -310,7 +316,11 @@ def cmd_lint(args: argparse.Namespace, ctx: Context, console: Console, clock: Cl
     else:
         samples = []
     report = lint_module.lint_bot(
-        item, bot_id, sample_calls=samples, schema=_json_plain(schema) if schema is not None else None
+        item,
+        bot_id,
+        sample_calls=samples,
+        schema=_json_plain(schema) if schema is not None else None,
+        secret_resolver=None if args.skip_secrets else lambda: secrets_cli.store_resolver(ctx),
     )
     lint_module.render_lint(console, report, as_json=args.json)
     return EXIT_PROBLEM if report.errors else EXIT_OK
@@ -444,7 +454,13 @@ def cmd_status(args: argparse.Namespace, ctx: Context, console: Console, clock: 
     return EXIT_OK
 
 
-COMMANDS = {"preview": cmd_preview, "lint": cmd_lint, "replay": cmd_replay, "status": cmd_status}
+COMMANDS = {
+    "preview": cmd_preview,
+    "lint": cmd_lint,
+    "replay": cmd_replay,
+    "status": cmd_status,
+    "secrets": secrets_cli.cmd_secrets,
+}
 
 
 def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
