@@ -23,8 +23,8 @@ Figures:
 * ``handler_cpu_s``      - CPU seconds the handler process spent per pooled
   batch (botocore, rendering, HTTP, logging): the budget to size Lambda's
   memory (hence CPU share) by;
-* ``batch_100_dynamodb_5ms_s`` - the pooled batch again with the Calls and
-  Bots tables replaced by in-process stand-ins that answer after 5 ms (about
+* ``batch_100_dynamodb_5ms_s`` - the pooled batch again with the Calls, Bots
+  and delivery-state tables replaced by in-process stand-ins that answer after 5 ms (about
   DynamoDB's in-region latency) and cost no CPU: what the handler, its pool,
   the rendering and the CRM round trips do without moto as the floor. No
   botocore work is done for those calls, so it flatters a little;
@@ -102,14 +102,19 @@ class MotoProcess:
         self._proc.wait(timeout=10)
 
 
-def _seed(endpoint: str, crm_url: str, batches: int) -> tuple[str, str, dict[str, Any], list[list[dict[str, Any]]]]:
+def _seed(
+    endpoint: str, crm_url: str, batches: int
+) -> tuple[str, str, str, dict[str, Any], list[list[dict[str, Any]]]]:
     """Tables, a bot pointing at the CRM, and ``batches`` x 100 fresh calls (each is pushed once)."""
     import boto3
 
+    from scripts.local_stack import create_state_table
     from tests.conftest import create_tables, to_dynamodb
 
     dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
-    calls_table, bots_table = create_tables(dynamodb, uuid.uuid4().hex[:8])
+    suffix = uuid.uuid4().hex[:8]
+    calls_table, bots_table = create_tables(dynamodb, suffix)
+    state_table = create_state_table(dynamodb, suffix)
     bot = json.loads((ROOT / "events" / "sample_bot.json").read_text())
     bot["post_call_push"]["url"] = f"{crm_url}/api/v2/call-outcomes"
     dynamodb.put_item(TableName=bots_table, Item=to_dynamodb(bot))
@@ -120,7 +125,7 @@ def _seed(endpoint: str, crm_url: str, batches: int) -> tuple[str, str, dict[str
         for call in group:
             dynamodb.put_item(TableName=calls_table, Item=to_dynamodb(call))
         groups.append(group)
-    return calls_table, bots_table, bot, groups
+    return calls_table, bots_table, state_table, bot, groups
 
 
 def _events(groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -159,7 +164,7 @@ def _run_worker(env: dict[str, str], work: dict[str, Any]) -> dict[str, Any]:
 
 
 class _StandInCalls:
-    """The Calls table as DynamoDB treats these fresh calls (every claim wins), ``latency`` per call."""
+    """The Calls table as DynamoDB treats these fresh calls (every write applies), ``latency`` per call."""
 
     def __init__(self, items: dict[str, dict[str, Any]], latency: float) -> None:
         self._items, self._latency = items, latency
@@ -169,12 +174,36 @@ class _StandInCalls:
         item = self._items.get(call_id)
         return dict(item) if item else None
 
-    def claim(self, call_id: str, claim_id: str, now: Any, lease_seconds: int, force: bool = False) -> None:
-        time.sleep(self._latency)
-
-    def record_result(self, call_id: str, claim_id: str, result: dict[str, Any], event: dict[str, Any]) -> bool:
+    def write_outcome(
+        self,
+        call_id: str,
+        result: dict[str, Any],
+        entries: list[dict[str, Any]],
+        event: dict[str, Any],
+        force: bool = False,
+    ) -> bool:
         time.sleep(self._latency)
         return True
+
+
+class _StandInDelivery:
+    """The delivery-state table for fresh calls: every claim wins, every save applies."""
+
+    def __init__(self, latency: float) -> None:
+        self._latency = latency
+
+    def claim(self, call_id: str, claim_id: str, trigger: str, now: Any, lease_seconds: int, force: bool) -> Any:
+        from crm_push.push import DeliveryState
+
+        time.sleep(self._latency)
+        return DeliveryState()
+
+    def save(self, call_id: str, claim_id: str, update: Any, now: Any) -> bool:
+        time.sleep(self._latency)
+        return True
+
+    def release(self, call_id: str, claim_id: str) -> None:
+        time.sleep(self._latency)
 
 
 class _StandInBots:
@@ -210,7 +239,12 @@ def _worker(path: str) -> None:
             for record in event["Records"]:
                 item = {k: plain(v) for k, v in record["dynamodb"]["NewImage"].items()}
                 items[item["call_id"]] = item
-        app._deps = replace(deps, calls=_StandInCalls(items, latency), bots=_StandInBots(work["bot"], latency))
+        app._deps = replace(
+            deps,
+            calls=_StandInCalls(items, latency),
+            bots=_StandInBots(work["bot"], latency),
+            delivery=_StandInDelivery(latency),
+        )
     seconds, cpu, failures = [], [], []
     for event in work["events"]:
         used = resource.getrusage(resource.RUSAGE_SELF)
@@ -243,7 +277,7 @@ def run() -> dict[str, float]:
     moto = MotoProcess()
     try:
         with LocalCrm(lambda _req: CrmAnswer(200, delay_seconds=CRM_DELAY_SECONDS)) as crm:
-            calls_table, bots_table, bot, groups = _seed(moto.endpoint, crm.url, RUNS + 1)
+            calls_table, bots_table, state_table, bot, groups = _seed(moto.endpoint, crm.url, RUNS + 1)
             events = _events(groups)
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_", "PUSH_", "CLAIM_"))},
@@ -251,6 +285,7 @@ def run() -> dict[str, float]:
                 "AWS_ENDPOINT_URL": moto.endpoint,
                 "CALLS_TABLE": calls_table,
                 "BOTS_TABLE": bots_table,
+                "PUSH_STATE_TABLE": state_table,
                 "PUBLIC_BASE_URL": "https://api.example.com",
                 "PUSH_ALLOW_PRIVATE_NETWORKS": "true",
                 "POWERTOOLS_TRACE_DISABLED": "true",
