@@ -178,7 +178,6 @@ def test_the_filter_holds_when_someone_turns_botocore_itself_to_debug(
         assert secret not in seen, f"{secret!r} leaked"
 
 
-@pytest.mark.xfail(strict=False, reason="awaiting core wiring")
 def test_the_function_installs_the_wire_filter(
     stack: Stack, handler: Any, sample_call: dict[str, Any], sample_bot: dict[str, Any], wire_filter_restored: None
 ) -> None:
@@ -205,7 +204,6 @@ def echo_everything(request: ReceivedRequest) -> CrmAnswer:
     return CrmAnswer(401, json.dumps(body).encode())
 
 
-@pytest.mark.xfail(strict=False, reason="awaiting core wiring")
 def test_crm_echo_is_scrubbed(
     stack: Stack,
     aws: AwsEndpoints,
