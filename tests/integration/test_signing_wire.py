@@ -1,4 +1,4 @@
-"""A signed GET verifies against the query string as it arrives on the wire, sent by urllib3 as the push sends."""
+"""Signed pushes verified by the Standard Webhooks reference receiver against what arrived on the wire."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
+import boto3
 import pytest
 import urllib3
 from standardwebhooks import Webhook
 
 from crm_push.signing import signed_content, webhook_headers
+from tests.conftest import REGION, insert_event
 
 SECRET = "whsec_" + base64.b64encode(b"wire-secret-bytes-0123456789").decode()
 
@@ -81,3 +83,27 @@ def test_a_post_verifies_with_the_body_the_receiver_saw(receiver: RawReceiver) -
         http.request("POST", f"{receiver.url}/hook", body=body, headers=headers, retries=False, timeout=5)
 
     assert Webhook(SECRET).verify(receiver.bodies[0], receiver.headers[0])["note"] == "ünïcode"
+
+
+def test_the_function_signs_its_push_with_every_secret_of_a_rotation(
+    stack: Any, aws: Any, handler: Any, sample_call: dict[str, Any], sample_bot: dict[str, Any]
+) -> None:
+    # Given a bot rotating from a plaintext secret to one kept in Secrets Manager
+    next_secret = "whsec_" + base64.b64encode(b"next-wire-secret-bytes-0123456789").decode()
+    name = f"post-call-push/sign-{sample_call['call_id']}"
+    boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws.moto).create_secret(
+        Name=name, SecretString=next_secret
+    )
+    sample_bot["post_call_push"]["signing_secret"] = [SECRET, {"secret": name}]
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+
+    # When the function pushes the call
+    handler(insert_event(sample_call))
+
+    # Then a receiver holding either secret verifies the body it got, keyed by the call
+    received = stack.crm.requests[0]
+    assert received.headers["webhook-id"] == received.headers["Idempotency-Key"] == sample_call["call_id"]
+    assert Webhook(SECRET).verify(received.body, received.headers)["call_id"] == sample_call["call_id"]
+    Webhook(next_secret).verify(received.body, received.headers)
+    assert stack.get_call(sample_call["call_id"])["post_call_push_result"]["status"] == "ok"
