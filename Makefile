@@ -106,10 +106,17 @@ build: venv $(SAM_VENV)/.installed
 # The handler in a Lambda container under `sam local` (README "sam local"). Installs Docker
 # with apt and starts dockerd when missing (left running: `make sam-local-stop` ends it),
 # builds the base image once when AWS's cannot be pulled. Not part of `make test`.
-.PHONY: sam-local sam-local-stop
-sam-local: venv dynamodb-local $(SAM_VENV)/.installed
+# The installs and the image build are independent minutes: they run side by side.
+SAM_LOCAL_IMAGE_NAME := .aws-sam/sam-local/base-image
+.PHONY: sam-local sam-local-image sam-local-stop
+sam-local:
+	@$(MAKE) -s --no-print-directory -j4 venv dynamodb-local $(SAM_VENV)/.installed sam-local-image
+	@$(SAM_ENV) $(PY) -m scripts.sam_local.run --image "$$(cat $(SAM_LOCAL_IMAGE_NAME))"
+
+sam-local-image:
 	@scripts/sam_local/docker_host.sh ensure
-	@$(SAM_ENV) $(PY) -m scripts.sam_local.run
+	@mkdir -p $(dir $(SAM_LOCAL_IMAGE_NAME))
+	@scripts/sam_local/build_image.sh > $(SAM_LOCAL_IMAGE_NAME)
 
 sam-local-stop:
 	@scripts/sam_local/docker_host.sh stop
