@@ -189,7 +189,7 @@ def sam_build(run: Run, template: Path) -> Path:
         process = _sam(
             run,
             "build",
-            FUNCTION_ID,
+            # The whole template: SAM keeps its build cache (build.toml) only for full builds.
             "--template-file",
             template,
             "--base-dir",
