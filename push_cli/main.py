@@ -29,6 +29,7 @@ from rich.console import Console
 from crm_push.config import BotConfig, load_bot_config
 from crm_push.errors import ConfigError, PushError, StorageError
 from crm_push.push import Replay, push_call
+from push_cli import circuits as circuits_cli
 from push_cli import lint as lint_module
 from push_cli import secrets as secrets_cli
 from push_cli.context import (
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     secrets_cli.add_parser(commands, common, EPILOG)
+    circuits_cli.add_parser(commands, common, EPILOG)
     return parser
 
 
@@ -460,6 +462,7 @@ COMMANDS = {
     "replay": cmd_replay,
     "status": cmd_status,
     "secrets": secrets_cli.cmd_secrets,
+    "circuits": circuits_cli.cmd_circuits,
 }
 
 

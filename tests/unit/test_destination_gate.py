@@ -93,15 +93,15 @@ class MemoryRateCounter:
         self.down = False
         self._lock = threading.Lock()
 
-    def take(self, key: str, capacity: int, expires_at: int) -> bool:
+    def take(self, key: str, capacity: int, expires_at: int) -> int | None:
         if self.down:
             raise EndpointConnectionError(endpoint_url="http://dynamodb")
         with self._lock:
             self.takes += 1
             if self.counts[key] >= capacity:
-                return False
+                return None
             self.counts[key] += 1
-            return True
+            return self.counts[key]
 
 
 class ScriptedSends:
@@ -125,7 +125,8 @@ def make_gate(
     *,
     recovery: int = 60,
     probe_answer: float = 15.0,
-    clock: Callable[[], datetime] | None = None,
+    clock: FakeClock | None = None,
+    sleep: Callable[[float], None] | None = None,
     circuits: MemoryCircuits | None = None,
     rates: MemoryRateCounter | None = None,
 ) -> tuple[CircuitAndRateGate, MemoryCircuits, MemoryRateCounter, Counter[str]]:
@@ -138,6 +139,7 @@ def make_gate(
         settings=CircuitSettings(recovery_timeout_seconds=recovery, probe_answer_seconds=probe_answer),
         count_metric=lambda name: metrics.update([name]),
         clock=clock,
+        sleep=sleep or (clock.advance if clock is not None else time.sleep),
     )
     return gate, circuits, rates, metrics
 
@@ -336,49 +338,75 @@ def test_a_container_that_did_not_see_the_failures_holds_back_once_its_cached_st
 # --- the rate limit ---------------------------------------------------------------------------------
 
 
+def at(second: int, microsecond: int = 0) -> datetime:
+    return datetime(2026, 11, 26, 10, 0, second, microsecond, tzinfo=UTC)
+
+
 @pytest.mark.parametrize(
     ("limit", "seconds", "capacity"),
     [(5, 1, 5), (2.5, 1, 2), (1, 1, 1), (300, 1, 300), (0.5, 2, 1), (0.3, 4, 1), (1 / 60, 60, 1)],
 )
 def test_a_limit_becomes_whole_requests_per_calendar_window(limit: float, seconds: int, capacity: int) -> None:
-    now = datetime(2026, 11, 26, 10, 0, 7, 300_000, tzinfo=UTC)
+    now = at(7, 300_000)
     window = rate_window(limit, now)
     assert (window.seconds, window.capacity) == (seconds, capacity)
     assert window.start % seconds == 0
     assert window.start <= now.timestamp() < window.start + seconds
 
 
+def test_calls_in_one_second_are_spread_over_its_first_800_ms_not_sent_in_a_burst() -> None:
+    clock = FakeClock(at(7, 100_000))
+    gate, _, _, _ = make_gate(clock=clock)
+    where = destination()
+    sent_at: list[datetime] = []
+
+    def crm() -> SendOutcome:
+        sent_at.append(clock.now)
+        return OK
+
+    assert [gate.send(where, 5, crm) for _ in range(5)] == [OK] * 5
+    # the 1st goes at once; the n-th not before (n-1)/5 of the second's first 800 ms
+    assert sent_at == [at(7, 100_000), at(7, 160_000), at(7, 320_000), at(7, 480_000), at(7, 640_000)]
+
+
 def test_over_the_limit_a_call_is_held_until_the_next_second_and_spends_no_slot() -> None:
-    clock = FakeClock(datetime(2026, 11, 26, 10, 0, 7, 100_000, tzinfo=UTC))
+    clock = FakeClock(at(7, 100_000))
     gate, _, rates, metrics = make_gate(clock=clock)
     where = destination()
     crm = ScriptedSends(OK)
     outcomes = [gate.send(where, 5, crm) for _ in range(7)]
     assert outcomes[:5] == [OK] * 5
-    assert outcomes[5:] == [HeldBack("rate_limited", datetime(2026, 11, 26, 10, 0, 8, tzinfo=UTC))] * 2
+    assert outcomes[5:] == [HeldBack("rate_limited", at(8))] * 2
     assert crm.sent == 5
     assert metrics["RateLimited"] == 2
-    clock.advance(0.9)  # 10:00:08.000, a new second
+    clock.now = at(8, 500_000)
     assert gate.send(where, 5, crm) == OK
     assert rates.counts == Counter(
-        {
-            f"rate#{where}#{int(datetime(2026, 11, 26, 10, 0, 7, tzinfo=UTC).timestamp())}": 5,
-            f"rate#{where}#{int(datetime(2026, 11, 26, 10, 0, 8, tzinfo=UTC).timestamp())}": 1,
-        }
+        {f"rate#{where}#{int(at(7).timestamp())}": 5, f"rate#{where}#{int(at(8).timestamp())}": 1}
     )
 
 
-def test_near_the_end_of_a_second_a_call_waits_for_the_next_so_it_arrives_in_the_second_it_was_counted() -> None:
-    clock = FakeClock(datetime(2026, 11, 26, 10, 0, 7, 850_000, tzinfo=UTC))
+def test_in_the_last_200_ms_of_a_second_a_call_waits_for_the_next_so_it_arrives_in_the_second_it_was_counted() -> None:
+    clock = FakeClock(at(7, 850_000))
     gate, _, rates, _ = make_gate(clock=clock)
     crm = ScriptedSends(OK)
-    held = gate.send(destination(), 5, crm)
-    assert held == HeldBack("rate_limited", datetime(2026, 11, 26, 10, 0, 8, tzinfo=UTC))
+    assert gate.send(destination(), 5, crm) == HeldBack("rate_limited", at(8))
     assert (crm.sent, rates.takes) == (0, 0)
 
 
+def test_a_call_held_up_past_its_slot_is_not_sent_late_into_the_next_second() -> None:
+    # A starved thread wakes 0.7 s after its slot: sending now could land on top of the next second's calls.
+    clock = FakeClock(at(7, 100_000))
+    gate, _, _, _ = make_gate(clock=clock, sleep=lambda seconds: clock.advance(seconds + 0.7))
+    where = destination()
+    crm = ScriptedSends(OK)
+    assert gate.send(where, 5, crm) == OK  # the first slot needs no wait
+    assert gate.send(where, 5, crm) == HeldBack("rate_limited", at(8))
+    assert crm.sent == 1
+
+
 def test_each_destination_has_its_own_limit() -> None:
-    clock = FakeClock(datetime(2026, 11, 26, 10, 0, 7, 100_000, tzinfo=UTC))
+    clock = FakeClock(at(7, 100_000))
     gate, _, _, _ = make_gate(clock=clock)
     one, other = destination(), destination()
     crm = ScriptedSends(OK)
@@ -387,12 +415,12 @@ def test_each_destination_has_its_own_limit() -> None:
 
 
 def test_below_one_a_second_a_call_over_the_limit_is_held_for_the_rest_of_its_window() -> None:
-    clock = FakeClock(datetime(2026, 11, 26, 10, 0, 8, 100_000, tzinfo=UTC))  # 10:00:08 starts a 2 s window
+    clock = FakeClock(at(8, 100_000))  # 10:00:08 starts a 2 s window
     gate, _, _, _ = make_gate(clock=clock)
     where = destination()
     assert gate.send(where, 0.5, lambda: OK) == OK
     clock.advance(1.0)
-    assert gate.send(where, 0.5, lambda: OK) == HeldBack("rate_limited", datetime(2026, 11, 26, 10, 0, 10, tzinfo=UTC))
+    assert gate.send(where, 0.5, lambda: OK) == HeldBack("rate_limited", at(10))
 
 
 def test_an_open_circuit_holds_a_call_before_it_takes_a_rate_slot() -> None:
@@ -409,25 +437,24 @@ def test_an_open_circuit_holds_a_call_before_it_takes_a_rate_slot() -> None:
 
 def test_a_call_held_by_the_rate_limit_does_not_reset_the_failure_streak() -> None:
     # Were the rate limit checked inside the breaker, its hold would count as a success.
-    clock = FakeClock(datetime(2026, 11, 26, 10, 0, 7, 100_000, tzinfo=UTC))
+    clock = FakeClock(at(7, 100_000))
     gate, circuits, _, _ = make_gate(clock=clock)
     where = destination()
     for _ in range(4):
         assert gate.send(where, 4, lambda: DOWN) == DOWN
     assert isinstance(gate.send(where, 4, lambda: OK), HeldBack)  # the 5th in this second
-    clock.advance(1.0)
+    clock.now = at(8, 100_000)
     assert gate.send(where, 4, lambda: DOWN) == DOWN
     assert circuits.records[circuit_name(where)].state == CircuitState.OPEN
 
 
 def test_an_unreachable_counter_holds_the_call_briefly_rather_than_risk_the_crm() -> None:
-    clock = FakeClock(datetime(2026, 11, 26, 10, 0, 7, 100_000, tzinfo=UTC))
+    clock = FakeClock(at(7, 100_000))
     rates = MemoryRateCounter()
     rates.down = True
     gate, _, _, _ = make_gate(clock=clock, rates=rates)
     crm = ScriptedSends(OK)
-    held = gate.send(destination(), 5, crm)
-    assert held == HeldBack("rate_limited", clock.now + timedelta(seconds=5))
+    assert gate.send(destination(), 5, crm) == HeldBack("rate_limited", clock.now + timedelta(seconds=5))
     assert crm.sent == 0
 
 

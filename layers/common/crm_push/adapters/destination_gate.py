@@ -14,6 +14,14 @@ keep their state in the delivery-state table (``PUSH_STATE_TABLE``, key
     ``sent``: requests let through in that calendar second (UTC);
     ``expires_at``: a minute later.
 
+The rate limit is a counter per calendar second, taken with one conditional
+update (``ADD``, only while below the limit) by every invocation alike. The
+count it returns is the request's place in its second, and the n-th request
+goes out at ``(n-1)/limit`` of the second's first 800 ms: requests are
+spread, not sent in a burst, and none leaves in the last 200 ms, so one that
+is slow on its way still arrives in the second it was counted in (contract
+§10 allows one more at a second's edge; this keeps it to that).
+
 What counts against a destination is what the core retries because of the
 CRM itself (``delivery.is_retryable``): no answer (timeout, connection, DNS,
 TLS), 408, 429 and 5xx. A 429 counts: a CRM asking us to slow down is
@@ -49,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -76,8 +85,8 @@ RATE_PREFIX = "rate#"
 STATE_KEY = "pk"
 STATE_TTL_ATTRIBUTE = "expires_at"
 
-# A request counted in the last 200 ms of a window waits for the next one: on a pooled
-# connection it reaches the CRM well within that, so it arrives in the second it was counted in.
+# No request leaves in the last 200 ms of its window: on a pooled connection it reaches the
+# CRM well within that, so it arrives in the second it was counted in.
 RATE_EDGE_GUARD_SECONDS = 0.2
 RATE_COUNTER_TTL_SECONDS = 60
 # When the counter cannot be read, nobody knows how busy the CRM is: hold the call a little.
@@ -150,8 +159,11 @@ def state_table_persistence(client: Any, table_name: str) -> CircuitBreakerDynam
 class RateCounter(Protocol):
     """Per-window counters shared by every invocation; ``take`` is one atomic conditional increment."""
 
-    def take(self, key: str, capacity: int, expires_at: int) -> bool:
-        """Count one request in window ``key`` unless ``capacity`` are counted already; whether it was."""
+    def take(self, key: str, capacity: int, expires_at: int) -> int | None:
+        """Count one request in window ``key`` unless ``capacity`` are counted already.
+
+        Returns the request's place in the window (1 for the first), or None when it is full.
+        """
         ...
 
 
@@ -167,9 +179,9 @@ class RateCounterTable:
         self._client = client
         self._table = table_name
 
-    def take(self, key: str, capacity: int, expires_at: int) -> bool:
+    def take(self, key: str, capacity: int, expires_at: int) -> int | None:
         try:
-            self._client.update_item(
+            response = self._client.update_item(
                 TableName=self._table,
                 Key={STATE_KEY: {"S": key}},
                 UpdateExpression="ADD #sent :one SET #ttl = :ttl",
@@ -180,12 +192,13 @@ class RateCounterTable:
                     ":capacity": {"N": str(capacity)},
                     ":ttl": {"N": str(expires_at)},
                 },
+                ReturnValues="UPDATED_NEW",
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
+                return None
             raise
-        return True
+        return int(response["Attributes"]["sent"]["N"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +248,7 @@ class CircuitAndRateGate:
         settings: CircuitSettings | None = None,
         count_metric: MetricCounter | None = None,
         clock: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
         edge_guard_seconds: float = RATE_EDGE_GUARD_SECONDS,
     ) -> None:
         self.settings = settings or CircuitSettings()
@@ -242,6 +256,7 @@ class CircuitAndRateGate:
         self._rates = rate_counter
         self._count_metric = count_metric
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._sleep = sleep
         self._edge_guard = edge_guard_seconds
         self._config = CircuitBreakerConfig(
             failure_threshold=self.settings.failure_threshold,
@@ -347,11 +362,12 @@ class CircuitAndRateGate:
     def _take_rate_slot(self, destination: str, limit_per_second: float) -> HeldBack | None:
         now = self._clock()
         window = rate_window(limit_per_second, now)
-        if now.timestamp() - window.start > window.seconds - self._edge_guard:
+        sending_ends = window.start + window.seconds - self._edge_guard
+        if now.timestamp() > sending_ends:
             return self._rate_limited(window.end, destination, "edge of the second")
         key = f"{RATE_PREFIX}{destination}#{window.start}"
         try:
-            taken = self._rates.take(key, window.capacity, window.start + window.seconds + RATE_COUNTER_TTL_SECONDS)
+            place = self._rates.take(key, window.capacity, window.start + window.seconds + RATE_COUNTER_TTL_SECONDS)
         except (ClientError, BotoCoreError) as exc:
             log.warning(
                 "rate-limit counter unavailable; holding the call",
@@ -359,9 +375,17 @@ class CircuitAndRateGate:
             )
             until = now + timedelta(seconds=RATE_COUNTER_DOWN_HOLD_SECONDS)
             return self._rate_limited(until, destination, "counter unavailable")
-        if taken:
-            return None
-        return self._rate_limited(window.end, destination, "limit reached")
+        if place is None:
+            return self._rate_limited(window.end, destination, "limit reached")
+        send_at = window.start + (place - 1) * (window.seconds - self._edge_guard) / window.capacity
+        wait = send_at - self._clock().timestamp()  # the counter's round trip has taken some of it
+        if wait > 0:
+            self._sleep(wait)
+        if self._clock().timestamp() > sending_ends:
+            # Held up past the window's sending time (a starved thread): it would arrive in the next
+            # second on top of that second's own. The slot is lost, which errs on the CRM's side.
+            return self._rate_limited(window.end, destination, "late for its slot")
+        return None
 
     def _rate_limited(self, until: datetime, destination: str, why: str) -> HeldBack:
         self._count("RateLimited")
