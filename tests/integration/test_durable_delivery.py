@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from crm_push.adapters.dynamodb import from_item
+from crm_push.push import OpenGate
 from scripts.local_crm import CrmAnswer, ReceivedRequest
 from scripts.make_events import results_stored_event
 from tests.conftest import LambdaContextStub, Stack, insert_event
@@ -35,6 +36,9 @@ def invoke(handler: Any, clock: FakeClock) -> Any:
     deps, _ = handler.module._runtime()
     deps.clock = clock
     deps.sleep = clock.advance
+    # The circuit breaker keeps wall-clock time (Powertools): simulated hours would never reach
+    # its probe. Its own tests (test_circuit_breaker.py) cover it; here every destination is open.
+    deps.gate = OpenGate()
     return handler
 
 

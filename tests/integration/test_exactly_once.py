@@ -19,11 +19,14 @@ from typing import Any
 import pytest
 
 from crm_push.adapters.dynamodb import from_item, to_item
+from crm_push.push import OpenGate
 from scripts.local_crm import CrmAnswer, ReceivedRequest
 from tests.conftest import LambdaContextStub, Stack, insert_event
 from tests.fakes import FakeClock
 from tests.retry_queue import drain, queued
 
+# Tests here that move a test clock also open every destination's gate: the circuit breaker keeps
+# wall-clock time (Powertools), and its own tests are test_circuit_breaker.py.
 APP_PATH = Path(__file__).resolve().parents[2] / "functions" / "post_call_push" / "app.py"
 
 # --- helpers ---------------------------------------------------------------------------
@@ -147,7 +150,11 @@ def test_the_same_batch_from_two_concurrent_invokers_pushes_each_call_exactly_on
             assert pushes == Counter({c["call_id"]: 1 for c in calls}), run
             # and the checks left by lost races, delivered after any lease, send nothing more
             deps, _ = handler.module._runtime()
-            deps.clock, deps.sleep = clock, clock.advance
+            deps.clock, deps.sleep, deps.gate = (
+                clock,
+                clock.advance,
+                OpenGate(),
+            )
             clock.advance(3600)
             drain(stack, handler, clock)
             assert len(stack.crm.requests) - before == BATCH, run
@@ -199,7 +206,11 @@ def test_a_crash_between_any_two_steps_ends_in_one_recorded_outcome(
     event = insert_event(sample_call)
     deps, _ = handler.module._runtime()
     clock = FakeClock()
-    deps.clock, deps.sleep = clock, clock.advance
+    deps.clock, deps.sleep, deps.gate = (
+        clock,
+        clock.advance,
+        OpenGate(),
+    )
     steps = {
         "after_claim": (deps.delivery, "claim"),
         "after_send": (deps.crm, "send"),
@@ -252,7 +263,11 @@ def test_a_crash_before_the_next_attempt_is_queued_is_recovered_by_the_retried_t
     event = insert_event(sample_call)
     deps, _ = handler.module._runtime()
     clock = FakeClock()
-    deps.clock, deps.sleep = clock, clock.advance
+    deps.clock, deps.sleep, deps.gate = (
+        clock,
+        clock.advance,
+        OpenGate(),
+    )
     real_schedule = deps.retry_queue.schedule
 
     def die(*args: Any, **kwargs: Any) -> None:

@@ -667,7 +667,7 @@ def _record_attempt(
             result = replace(result, next_attempt_at=iso_utc(due))
     entry = {"type": "post_call_push", **result.as_item()}
     write_call = due is None or not state.call_written
-    entries = [*state.unwritten, entry] if write_call else []
+    entries = [*_waiting_entries(state, result), entry] if write_call else []
     event = {"type": "post_call_push", "t": seconds_since_start(doc, now), "status": result.status}
     update = DeliveryUpdate(
         attempts=result.attempts,
@@ -709,6 +709,17 @@ def _record_attempt(
     return result, due
 
 
+def _waiting_entries(state: DeliveryState, result: PushResult) -> list[dict[str, Any]]:
+    """The attempts the state table kept for the call's next write, whole again.
+
+    They are kept there without what every attempt of a delivery shares, so
+    that the state item stays under one write unit.
+    """
+    shared = {"type": "post_call_push", "url": result.url, "method": result.method}
+    shared["recording_link"] = result.recording_link
+    return [{**shared, **entry} for entry in state.unwritten]
+
+
 def _hold_back(
     call_id: str,
     doc: Mapping[str, Any],
@@ -738,7 +749,7 @@ def _hold_back(
     )
     if write_call:
         event = {"type": "post_call_push", "t": seconds_since_start(doc, now), "status": result.status}
-        deps.calls.write_outcome(call_id, result.as_item(), list(state.unwritten), event, False)
+        deps.calls.write_outcome(call_id, result.as_item(), _waiting_entries(state, result), event, False)
         update = replace(update, unwritten=())
     deps.delivery.save(call_id, claim_id, update, now)
     log.info(

@@ -61,8 +61,14 @@ _FULL_ENTRY_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The same for every attempt of one delivery: the core restores them from the result it writes with.
+_SHARED_KEYS = frozenset({"type", "url", "method", "recording_link"})
+
+
 def compact_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    return {_SHORT_KEYS.get(k, k): v for k, v in entry.items() if v is not None and v is not False}
+    return {
+        _SHORT_KEYS.get(k, k): v for k, v in entry.items() if v is not None and v is not False and k not in _SHARED_KEYS
+    }
 
 
 def expand_entry(stored: dict[str, Any]) -> dict[str, Any]:
