@@ -5,14 +5,19 @@ server for the rest of AWS, a local CRM that prints what it receives),
 creates the tables, the recordings bucket and the retry queue, seeds the
 sample bot and call from events/, invokes the real handler with the sample stream
 INSERT, then shows the payload the CRM got and the result written back. It
-finally replays the push's own write-back record to show it is ignored.
+then replays the push's own write-back record to show it is ignored, and
+finally plays a short outage: a CRM that fails three times and recovers,
+its attempts carried by the retry queue on a simulated clock.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -37,6 +42,9 @@ def main() -> int:
             f" bucket {resources.bucket}; retry queue {resources.retry_queue_url.rsplit('/', 1)[-1]}"
         )
         bot, call = stack.seed_sample()
+        # Signed pushes (contract §11): the CRM below checks them as a receiver would.
+        bot["post_call_push"]["signing_secret"] = DEMO_SIGNING_SECRET
+        stack.put_bot(bot)
         print(
             f"seeded bot {bot['bot_id']} ({len(bot['post_call_push']['key_mapper'])} mapped fields)"
             f" and call {call['call_id']}"
@@ -61,6 +69,7 @@ def main() -> int:
             for name, value in request.headers.items():
                 print(f"  {name}: {hidden.get(name, value)}")
             print(json.dumps(request.json(), indent=2, ensure_ascii=False))
+            print(f"signature: {_verify_signature(request)}")
 
         _say("post_call_push_result written back on the call")
         stored = stack.get_call(call["call_id"])
@@ -79,8 +88,84 @@ def main() -> int:
             f"handler returned {json.dumps(response)};"
             f" CRM requests since: {len(crm.requests) - before} (ignored, as it must be)"
         )
-        result = stored.get("post_call_push_result", {})
-        return 0 if result.get("status") == "ok" else 1
+        first_ok = stored.get("post_call_push_result", {}).get("status") == "ok"
+        outage_ok = _play_outage(stack, app)
+        return 0 if first_ok and outage_ok else 1
+
+
+DEMO_SIGNING_SECRET = "whsec_" + base64.b64encode(b"make-run-demo-signing-key-32byte").decode()
+
+
+def _verify_signature(request: Any) -> str:
+    """What a receiver built on the Standard Webhooks reference library makes of the request."""
+    from standardwebhooks import Webhook
+
+    try:
+        Webhook(DEMO_SIGNING_SECRET).verify(request.body, request.headers)
+    except Exception as exc:
+        return f"REJECTED by the standardwebhooks receiver ({type(exc).__name__})"
+    return f"verified by the standardwebhooks receiver (webhook-id {request.headers.get('webhook-id')})"
+
+
+def _play_outage(stack: Any, app: Any) -> bool:
+    """A CRM down for the first attempts, then back: the retry ladder on a simulated clock.
+
+    The attempts ride the real retry queue (moto SQS) back into the real
+    handler; the clock jumps to each attempt's due time instead of waiting
+    hours, exactly as the tests drive it.
+    """
+    from types import SimpleNamespace
+
+    from crm_push.jsonvalues import to_plain
+    from crm_push.push import OpenGate
+    from scripts.local_crm import CrmAnswer
+    from scripts.local_stack import LambdaContextStub
+    from scripts.make_events import stream_record
+    from tests.fakes import FakeClock
+    from tests.retry_queue import drain
+
+    _say("a short outage: the CRM answers 503, 503, 502, then recovers (simulated clock)")
+    call = json.loads((EVENTS / "sample_call.json").read_text())
+    call["call_id"] += "-outage"
+    stack.put_call(call)
+    answers = iter([503, 503, 502])
+    stack.crm.responder = lambda _req: CrmAnswer(next(answers, 200))
+    before = len(stack.crm.requests)
+    deps, _ = app._runtime()
+    clock = FakeClock()
+    # The simulated clock moves hours in a moment; the circuit breaker keeps wall-clock time.
+    deps.clock, deps.sleep, deps.gate = clock, clock.advance, OpenGate()
+    deps.retry_queue._max_delay = 0  # every hop comes back at once; the handler checks it is due
+    started = clock.now
+    image = json.loads(json.dumps(call), parse_float=Decimal)
+    record = stream_record(image, None, event_name="INSERT", sequence_number="2".rjust(21, "0"), event_id="outage")
+    app.lambda_handler({"Records": [record]}, LambdaContextStub())
+    queue = SimpleNamespace(sqs=stack.sqs, retry_queue_url=stack.resources.retry_queue_url)
+    hops = drain(queue, lambda event, ctx=None: app.lambda_handler(event, ctx or LambdaContextStub()), clock)
+
+    stored = stack.get_call(call["call_id"])
+    print(f"{'attempt':>7}  {'at (+h:mm:ss)':>13}  {'status':<9} {'http':>4}  {'error_kind':<12} next attempt")
+    for entry in (e for e in stored.get("integration_log", []) if e.get("type") == "post_call_push"):
+        at = _since(started, entry["pushed_at"])
+        print(
+            f"{int(entry['attempts']):>7}  {at:>13}  {entry['status']:<9} {int(entry['http_status'] or 0):>4}  "
+            f"{entry['error_kind'] or '-':<12} {entry['next_attempt_at'] or '-'}"
+        )
+    result = to_plain(stored.get("post_call_push_result", {}))
+    print(
+        f"CRM requests: {len(stack.crm.requests) - before}; queue deliveries: {hops}; "
+        f"call item written {sum(1 for e in stored.get('events', []) if e.get('type') == 'post_call_push')} times"
+    )
+    print(json.dumps({k: result.get(k) for k in ("status", "attempts", "next_attempt_at", "exhausted")}))
+    return bool(result.get("status") == "ok" and result.get("attempts") == 4)
+
+
+def _since(started: Any, stamp: str) -> str:
+    from crm_push.variables import parse_utc_timestamp
+
+    moment = parse_utc_timestamp(stamp)
+    seconds = int((moment - started).total_seconds()) if moment else 0
+    return f"+{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 if __name__ == "__main__":

@@ -1,18 +1,26 @@
-"""The retry queue as Lambda delivers it: moto SQS messages wrapped as SQS event records, fed to the handler."""
+"""The retry queue as Lambda delivers it: SQS messages wrapped as SQS event records, fed to the handler.
+
+For the tests and `make run`, with a simulated clock that jumps to each message's due time.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from crm_push.variables import parse_utc_timestamp
-from tests.conftest import LambdaContextStub, Stack
+from scripts.local_stack import LambdaContextStub
 from tests.fakes import FakeClock
 
 
-def queued(stack: Stack) -> list[dict[str, Any]]:
+class HasRetryQueue(Protocol):
+    sqs: Any  # a boto3 SQS client
+    retry_queue_url: str
+
+
+def queued(stack: HasRetryQueue) -> list[dict[str, Any]]:
     """Every message on the retry queue, as Lambda's SQS event records (received, then deleted)."""
-    records = []
+    records: list[dict[str, Any]] = []
     while True:
         response = stack.sqs.receive_message(QueueUrl=stack.retry_queue_url, MaxNumberOfMessages=10)
         messages = response.get("Messages", [])
@@ -35,7 +43,7 @@ def queued(stack: Stack) -> list[dict[str, Any]]:
             stack.sqs.delete_message(QueueUrl=stack.retry_queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
-def drain(stack: Stack, invoke: Any, clock: FakeClock, *, limit: int = 200) -> int:
+def drain(stack: HasRetryQueue, invoke: Any, clock: FakeClock, *, limit: int = 200) -> int:
     """Deliver the queue to the handler until it is empty; the clock jumps to the earliest due message."""
     rounds = 0
     while rounds < limit:
