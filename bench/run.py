@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-SECTIONS = ("bench.engine", "bench.batch", "bench.cold_import", "bench.dynamodb_local")
+SECTIONS = ("bench.engine", "bench.batch", "bench.cold_import", "bench.dynamodb_local", "bench.hanging_crm")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
