@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -113,7 +112,7 @@ def protected_handler(
     """A fresh copy of the real handler (one container), with a short attempt and recovery timeout."""
     monkeypatch.setenv("PUSH_CONCURRENCY", str(CONCURRENCY))
     sys.modules.pop("app", None)
-    app: ModuleType = importlib.import_module("app")
+    app: Any = importlib.import_module("app")
     deps, _ = app._runtime()
     app._deps = replace(
         deps,

@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -65,12 +64,12 @@ class Metrics:
             self.counts[name] += 1
 
 
-def container(index: int, stack: Stack, metrics: Metrics) -> ModuleType:
+def container(index: int, stack: Stack, metrics: Metrics) -> Any:
     """A separate copy of the handler module: one container, with its own clients, pool and gate."""
     spec = importlib.util.spec_from_file_location(f"app_rate_{index}", APP_PATH)
     assert spec is not None
     assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
+    module: Any = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     provider = module.metrics.provider
     provider.metric_set, provider.dimension_set, provider.metadata_set = {}, {}, {}
