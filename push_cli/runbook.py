@@ -32,8 +32,17 @@ LITERAL_PLACEHOLDER = Check(3, "Literal placeholder reached the CRM")
 STRING_NOT_OBJECT = Check(4, "Field sent as a string instead of an object")
 RECORDING_LINK = Check(5, "Recording link broken")
 CRM_DOWN = Check(6, "A CRM is down")  # attempts scheduled on the retry ladder, or the ladder exhausted
+SIGNATURE_INVALID = Check(7, "The CRM says the signature is invalid")
 
-CHECKS = (PUSH_NOT_SENT, CRM_REJECTS, LITERAL_PLACEHOLDER, STRING_NOT_OBJECT, RECORDING_LINK, CRM_DOWN)
+CHECKS = (
+    PUSH_NOT_SENT,
+    CRM_REJECTS,
+    LITERAL_PLACEHOLDER,
+    STRING_NOT_OBJECT,
+    RECORDING_LINK,
+    CRM_DOWN,
+    SIGNATURE_INVALID,
+)
 
 
 def command(*words: str) -> str:
