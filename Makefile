@@ -122,7 +122,7 @@ sam-local-stop:
 	@scripts/sam_local/docker_host.sh stop
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SAM_VENV) .checkov-venv .dynamodb-local .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 # Operator CLI (docs/runbook.md); pass its options through ARGS, e.g. make preview ARGS="--call-id X".
 preview: venv
