@@ -29,6 +29,7 @@ from crm_push.adapters.destination_gate import (
     CircuitSettings,
     circuit_name,
     list_circuits,
+    read_circuit,
     state_table_gate,
     verdict_on,
 )
@@ -338,6 +339,10 @@ def test_operators_list_circuits_and_close_one_by_hand(
     listed = json.loads(capsys.readouterr().out)
 
     # Then the destination shows open, with its failures and when the next probe goes
+    view = read_circuit(stack.dynamodb, stack.state_table, destination)
+    assert view is not None
+    assert (view.state, view.failure_count) == ("OPEN", 5)
+    assert read_circuit(stack.dynamodb, stack.state_table, "https://never-failed.example.com:443") is None
     assert [(c["destination"], c["state"], c["failure_count"]) for c in listed["circuits"]] == [
         (destination, "OPEN", 5)
     ]

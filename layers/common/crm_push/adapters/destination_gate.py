@@ -486,14 +486,23 @@ def _view(item: dict[str, Any], settings: CircuitSettings) -> CircuitView:
     )
 
 
+def read_circuit(
+    client: Any, table_name: str, destination: str, settings: CircuitSettings | None = None
+) -> CircuitView | None:
+    """One destination's circuit (a consistent GetItem), or None when it has never opened: it is closed."""
+    item = client.get_item(
+        TableName=table_name, Key={STATE_KEY: {"S": circuit_name(destination)}}, ConsistentRead=True
+    ).get("Item")
+    return _view(item, settings or CircuitSettings()) if item else None
+
+
 def close_circuit(client: Any, table_name: str, destination: str) -> bool:
     """Close a destination's circuit by hand, as a successful probe would; False if it has no circuit item.
 
     Containers that cached the open state keep it for up to ``state_cache_seconds``.
     """
     name = circuit_name(destination)
-    found = client.get_item(TableName=table_name, Key={STATE_KEY: {"S": name}}, ConsistentRead=True).get("Item")
-    if not found:
+    if read_circuit(client, table_name, destination) is None:
         return False
     persistence = state_table_persistence(client, table_name)
     persistence.configure(CircuitBreakerConfig(recovery_timeout=CircuitSettings().recovery_timeout_seconds), name)
