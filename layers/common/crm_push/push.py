@@ -622,7 +622,7 @@ def push_call(
             return PushOutcome(call_id, "pushed", result)
         delay = (due - deps.clock()).total_seconds()
         if delay <= MAX_WAIT_IN_INVOCATION_SECONDS and _time_for_attempt(deps, delay):
-            deps.sleep(max(0.0, delay))
+            deps.sleep(max(0.0, delay) + _CLOCK_SLACK_SECONDS)
             replay = None  # a replay's own retries are ordinary scheduled attempts
             continue
         _wake_up(deps, call_id, bot_id, due, "next attempt scheduled")
@@ -663,7 +663,7 @@ def _record_attempt(
             ended_why = nxt.reason
             result = replace(result, exhausted=True)
         else:
-            due = now + timedelta(seconds=nxt.delay_seconds)
+            due = _whole_second_after(now + timedelta(seconds=nxt.delay_seconds))
             result = replace(result, next_attempt_at=iso_utc(due))
     entry = {"type": "post_call_push", **result.as_item()}
     write_call = due is None or not state.call_written
@@ -905,6 +905,16 @@ def _wake_up(deps: PushDeps, call_id: str, bot_id: Any, when: datetime, why: str
     message = {"kind": "attempt", "call_id": call_id, "bot_id": bot_id, "due": iso_utc(when)}
     deps.retry_queue.schedule(message, delay)
     log.info("call scheduled", extra={"call_id": call_id, "due": message["due"], "why": why})
+
+
+# The state table keeps due times in whole seconds; waking this much after one makes it due for sure.
+_CLOCK_SLACK_SECONDS = 0.05
+
+
+def _whole_second_after(moment: datetime) -> datetime:
+    """``moment`` rounded up to a whole second, as the state table compares due times."""
+    whole = moment.replace(microsecond=0)
+    return whole if whole == moment else whole + timedelta(seconds=1)
 
 
 def _from_epoch(epoch: int | float) -> datetime:
