@@ -152,9 +152,12 @@ def test_thirty_calls_from_two_concurrent_invocations_keep_to_five_a_second_and_
 def test_far_below_one_a_second_a_held_call_rides_the_retry_queue_without_an_attempt(
     stack: Stack, arrivals: ArrivalLog, sample_bot: dict[str, Any]
 ) -> None:
-    # Given a bot limited to one request every 2 seconds, and two calls at once
-    calls = seed(stack, sample_bot, 0.5, 2)
+    # Given a bot limited to one request every 4 seconds, and two calls at once early in a 4 s window
+    # (late in one, the wait for the next would be short enough to spend in the invocation)
+    window = 4
+    calls = seed(stack, sample_bot, 1 / window, 2)
     invoke = container(0, stack, Metrics())
+    time.sleep(window - time.time() % window)
 
     # When they arrive in one batch
     assert invoke.lambda_handler(insert_event(*calls), LambdaContextStub()) == {"batchItemFailures": []}
@@ -163,17 +166,22 @@ def test_far_below_one_a_second_a_held_call_rides_the_retry_queue_without_an_att
     assert len(arrivals.arrivals) == 1
     held = [c["call_id"] for c in calls if c["call_id"] not in arrivals.per_call()]
     assert "post_call_push_result" not in stack.get_call(held[0])
+    delayed = stack.sqs.get_queue_attributes(
+        QueueUrl=stack.retry_queue_url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )["Attributes"]["ApproximateNumberOfMessagesDelayed"]
+    assert delayed == "1"  # its wake-up, for the next window
+    records: list[dict[str, Any]] = []
     deadline = time.monotonic() + 30
     while len(arrivals.arrivals) < 2:
         assert time.monotonic() < deadline, "the held call never came back"
-        records = queued(stack)
         if records:
             assert invoke.lambda_handler({"Records": records}, LambdaContextStub()) == {"batchItemFailures": []}
         else:
             time.sleep(0.2)
+        records = queued(stack)
 
-    # and it went out in a later 2-second window, with one attempt
+    # and it went out in a later window, with one attempt
     (first_at, second_at) = sorted(at for _, at in arrivals.arrivals)
-    assert math.floor(second_at) // 2 > math.floor(first_at) // 2
+    assert math.floor(second_at) // window > math.floor(first_at) // window
     result = stack.get_call(held[0])["post_call_push_result"]
     assert (result["status"], result["attempts"]) == ("ok", 1)
