@@ -23,7 +23,7 @@ from crm_push.config import BotConfig, SecretRef
 from crm_push.errors import ConfigError
 from crm_push.jsonvalues import to_json, to_text
 from crm_push.push import PushDeps, prepare_push
-from crm_push.recording import parse_recording_location
+from crm_push.recording import parse_recording_location, public_recording_link
 from crm_push.secrets import SecretUnavailable
 from crm_push.signing import SIGNATURE_HEADERS
 from crm_push.templates import Placeholder, Resolution, compile_template, explain_placeholder
@@ -373,7 +373,7 @@ def _recording_check(
     ]
     if mode == "public_token":
         base = str(deps.public_base_url).rstrip("/")
-        link = redactor.text(f"{base}/api/v1/public/recordings/{token}")
+        link = redactor.text(public_recording_link(base, str(token)))
         problems = _unreachable_from_crm(base, "PUBLIC_BASE_URL")
         if base.startswith("http://"):
             problems.append("PUBLIC_BASE_URL is plain http: many CRMs and browsers refuse to open it")

@@ -37,6 +37,11 @@ def parse_recording_location(recording_url: str, default_bucket: str | None) -> 
     return (bucket, key) if bucket and key else None
 
 
+def public_recording_link(public_base_url: str, access_token: str) -> str:
+    """The public recordings proxy link (contract §5, rule 1), with no double slash."""
+    return f"{public_base_url.rstrip('/')}/api/v1/public/recordings/{access_token}"
+
+
 def select_recording_url(
     call_doc: Mapping[str, Any],
     *,
@@ -48,7 +53,7 @@ def select_recording_url(
     key = call_doc.get("recording_key")
     token = call_doc.get("recording_access_token")
     if isinstance(key, str) and key and isinstance(token, str) and token and public_base_url:
-        return f"{public_base_url.rstrip('/')}/api/v1/public/recordings/{token}", "public_token"
+        return public_recording_link(public_base_url, token), "public_token"
 
     stored = call_doc.get("recording_url")
     if isinstance(stored, str) and presign is not None:
