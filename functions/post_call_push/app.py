@@ -51,9 +51,14 @@ def _runtime() -> tuple[PushDeps, ThreadPoolExecutor]:
     with _wiring_lock:
         if _deps is None or _executor is None:
             settings = Settings.from_env()
-            _deps = build_deps(settings)
+            _deps = build_deps(settings, count_metric=_count_gate_event)
             _executor = ThreadPoolExecutor(max_workers=settings.push_concurrency, thread_name_prefix="push")
         return _deps, _executor
+
+
+def _count_gate_event(name: str) -> None:
+    """The destination gate's events (CircuitOpened, CallsHeldByOpenCircuit, RateLimited, ...) as metrics."""
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
 
 
 def _invocation_deps(context: LambdaContext | None) -> PushDeps:

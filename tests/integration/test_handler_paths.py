@@ -336,3 +336,33 @@ def test_an_unreachable_state_table_asks_for_a_retry_before_anything_is_sent(
 
     assert response == {"batchItemFailures": [{"itemIdentifier": "000000000000000000001"}]}
     assert stack.crm.requests == []
+
+
+def test_a_circuit_opening_is_counted_in_the_functions_metrics(stack, handler, sample_bot, capsys):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    sample_bot["post_call_push"]["url"] = f"http://127.0.0.1:{closed_port}/in"
+    sample_bot["post_call_push"]["retry_schedule_seconds"] = [600]
+    stack.put_bot(sample_bot)
+    calls = []
+    for i in range(8):
+        call = {
+            "call_id": f"refused-{stack.calls_table[-6:]}-{i}",
+            "bot_id": sample_bot["bot_id"],
+            "results_stored_at": "2026-11-25T09:32:41.512Z",
+        }
+        stack.put_call(call)
+        calls.append(call)
+
+    assert handler(insert_event(*calls)) == {"batchItemFailures": []}
+
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+
+    def total(name: str) -> float:
+        values = [e.get(name, 0) for e in emitted]
+        return sum(sum(v) if isinstance(v, list) else v for v in values)
+
+    counted = {name: total(name) for name in ("CircuitOpened", "PushErrorKind_connection")}
+    assert counted["CircuitOpened"] == 1
+    assert counted["PushErrorKind_connection"] >= 5
