@@ -26,9 +26,10 @@ from typing import Any
 
 from rich.console import Console
 
+from crm_push.adapters.destination_gate import read_circuit
 from crm_push.config import BotConfig, load_bot_config
 from crm_push.errors import ConfigError, PushError, StorageError
-from crm_push.push import Replay, push_call
+from crm_push.push import Replay, destination_of, push_call
 from push_cli import circuits as circuits_cli
 from push_cli import lint as lint_module
 from push_cli import secrets as secrets_cli
@@ -452,6 +453,14 @@ def cmd_status(args: argparse.Namespace, ctx: Context, console: Console, clock: 
         except StorageError as exc:
             unread = f"state table not read: {exc}"
     report = build_status(call, bot, bot_exists=item is not None, delivery=delivery, delivery_unread=unread)
+    if ctx.state_table and bot is not None and bot.push is not None and bot.push.url:
+        destination = destination_of(bot.push.url)
+        try:
+            view = read_circuit(ctx.dynamodb(), ctx.state_table, destination)
+        except Exception as exc:  # the circuit is context: a failed read must not hide the rest
+            report.delivery.note = f"{report.delivery.note}; circuit not read: {type(exc).__name__}".lstrip("; ")
+        else:
+            report.circuit = view.as_json() if view else {"destination": destination, "state": "CLOSED"}
     render_status(console, report, as_json=args.json)
     return EXIT_OK
 

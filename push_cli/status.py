@@ -75,6 +75,7 @@ class StatusReport:
     diagnosis: str = ""
     runbook: str = ""  # "docs/runbook.md#..." of the matching check, or ""
     next_commands: list[str] = field(default_factory=list)
+    circuit: dict[str, Any] | None = None  # the destination's circuit (CircuitView.as_json), when it was read
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -461,6 +462,8 @@ def render_status(console: Console, report: StatusReport, *, as_json: bool) -> N
         console.print("Latest push: none recorded")
     for line in _delivery_lines(report):
         console.print(line)
+    if report.circuit is not None:
+        console.print(_circuit_line(report.circuit))
     entries = [*report.history, *report.delivery.unrecorded]
     if entries:
         grid = table(
@@ -501,6 +504,17 @@ def render_status(console: Console, report: StatusReport, *, as_json: bool) -> N
         console.print("Next:")
         for line in report.next_commands:
             console.print(f"  {line}")
+
+
+def _circuit_line(circuit: Mapping[str, Any]) -> str:
+    where = circuit.get("destination")
+    if circuit.get("state") in (None, "CLOSED"):
+        return f"Circuit of {where}: closed (calls go through)"
+    probe = circuit.get("next_probe_at") or "-"
+    return (
+        f"Circuit of {where}: {str(circuit.get('state')).lower().replace('_', '-')} since {circuit.get('opened_at')};"
+        f" next probe {probe} (calls wait for it without spending attempts; see `post-call-push circuits`)"
+    )
 
 
 def _dash(value: Any) -> str:

@@ -882,3 +882,29 @@ def test_an_exhausted_delivery_is_replayed_with_the_command_status_gives(
     assert [line["call_id"] for line in report["lines"]] == [call_id]
     assert report["counts"] == {"ok": 1}
     assert stack.get_call(call_id)["post_call_push_result"]["status"] == "ok"
+
+
+def test_status_shows_the_destinations_circuit(capsys, stack, seeded):
+    import time
+
+    from aws_lambda_powertools.utilities.circuit_breaker import CircuitBreakerConfig
+
+    from crm_push.adapters.destination_gate import circuit_name, state_table_persistence
+    from crm_push.push import destination_of
+
+    bot = stack.dynamodb.get_item(TableName=stack.bots_table, Key={"bot_id": {"S": seeded["bot_id"]}})["Item"]
+    destination = destination_of(bot["post_call_push"]["M"]["url"]["S"])
+
+    code, out, _ = run(capsys, "status", "--call-id", seeded["call_id"])
+    assert code == 0
+    assert f"Circuit of {destination}: closed" in out
+
+    persistence = state_table_persistence(stack.dynamodb, stack.state_table)
+    persistence.configure(CircuitBreakerConfig(recovery_timeout=60), circuit_name(destination))
+    persistence.save_open(circuit_name(destination), 5, int(time.time()))
+
+    code, out, _ = run(capsys, "status", "--call-id", seeded["call_id"], "--json")
+    assert code == 0
+    circuit = json.loads(out)["circuit"]
+    assert (circuit["destination"], circuit["state"], circuit["failure_count"]) == (destination, "OPEN", 5)
+    assert circuit["next_probe_at"] is not None
