@@ -7,7 +7,8 @@ sample bot and call from events/, invokes the real handler with the sample strea
 INSERT, then shows the payload the CRM got and the result written back. It
 then replays the push's own write-back record to show it is ignored, and
 finally plays a short outage: a CRM that fails three times and recovers,
-its attempts carried by the retry queue on a simulated clock.
+its attempts carried by the retry queue on a simulated clock, and a CRM
+that hangs: its circuit opens and later calls are held back at once.
 """
 
 from __future__ import annotations
@@ -89,8 +90,12 @@ def main() -> int:
             f" CRM requests since: {len(crm.requests) - before} (ignored, as it must be)"
         )
         first_ok = stored.get("post_call_push_result", {}).get("status") == "ok"
+        deps, _ = app._runtime()
+        real = (deps.clock, deps.sleep, deps.gate, deps.retry_queue)
         outage_ok = _play_outage(stack, app)
-        return 0 if first_ok and outage_ok else 1
+        deps.clock, deps.sleep, deps.gate, deps.retry_queue = real
+        circuit_ok = _play_hanging_crm(stack, app)
+        return 0 if first_ok and outage_ok and circuit_ok else 1
 
 
 DEMO_SIGNING_SECRET = "whsec_" + base64.b64encode(b"make-run-demo-signing-key-32byte").decode()
@@ -116,6 +121,7 @@ def _play_outage(stack: Any, app: Any) -> bool:
     """
     from types import SimpleNamespace
 
+    from crm_push.adapters.retry_queue import SqsRetryQueue
     from crm_push.jsonvalues import to_plain
     from crm_push.push import OpenGate
     from scripts.local_crm import CrmAnswer
@@ -135,7 +141,8 @@ def _play_outage(stack: Any, app: Any) -> bool:
     clock = FakeClock()
     # The simulated clock moves hours in a moment; the circuit breaker keeps wall-clock time.
     deps.clock, deps.sleep, deps.gate = clock, clock.advance, OpenGate()
-    deps.retry_queue._max_delay = 0  # every hop comes back at once; the handler checks it is due
+    # Every hop comes back at once; the handler itself checks whether it is due.
+    deps.retry_queue = SqsRetryQueue(stack.resources.retry_queue_url, client=stack.sqs, max_delay_seconds=0)
     started = clock.now
     image = json.loads(json.dumps(call), parse_float=Decimal)
     record = stream_record(image, None, event_name="INSERT", sequence_number="2".rjust(21, "0"), event_id="outage")
@@ -158,6 +165,59 @@ def _play_outage(stack: Any, app: Any) -> bool:
     )
     print(json.dumps({k: result.get(k) for k in ("status", "attempts", "next_attempt_at", "exhausted")}))
     return bool(result.get("status") == "ok" and result.get("attempts") == 4)
+
+
+def _play_hanging_crm(stack: Any, app: Any) -> bool:
+    """A CRM that accepts connections and never answers: its circuit opens, later calls are held back at once."""
+    import time
+
+    from crm_push.adapters.destination_gate import read_circuit
+    from crm_push.push import destination_of
+    from scripts.local_crm import CrmAnswer
+    from scripts.local_stack import LambdaContextStub
+    from scripts.make_events import stream_record
+
+    _say("a CRM that hangs: 8 calls time out (10 s each, in parallel), the circuit opens, 4 more are held back")
+    bot = stack.sample_bot()
+    bot["bot_id"] = "bot-hanging-crm"
+    bot["post_call_push"]["url"] = f"{stack.crm_url}/hang"
+    bot["post_call_push"]["retry_schedule_seconds"] = [600]  # the next attempt rides the queue, not the batch
+    stack.put_bot(bot)
+    stack.crm.responder = lambda req: CrmAnswer(delay_seconds=12) if req.path.endswith("/hang") else CrmAnswer()
+    template = json.loads((EVENTS / "sample_call.json").read_text())
+
+    def batch(prefix: str, count: int) -> dict[str, Any]:
+        records = []
+        for i in range(count):
+            call = {**template, "call_id": f"{template['call_id']}-{prefix}-{i}", "bot_id": bot["bot_id"]}
+            stack.put_call(call)
+            image = json.loads(json.dumps(call), parse_float=Decimal)
+            records.append(
+                stream_record(image, None, event_name="INSERT", sequence_number=str(100 + i), event_id=f"{prefix}{i}")
+            )
+        return {"Records": records}
+
+    started = time.monotonic()
+    first = app.lambda_handler(batch("hang", 8), LambdaContextStub())
+    print(f"first batch: {time.monotonic() - started:.1f} s, handler returned {json.dumps(first)}")
+    started = time.monotonic()
+    second = app.lambda_handler(batch("held", 4), LambdaContextStub())
+    print(f"second batch: {time.monotonic() - started:.1f} s, handler returned {json.dumps(second)}")
+
+    kinds: dict[str, int] = {}
+    for prefix, count in (("hang", 8), ("held", 4)):
+        for i in range(count):
+            result = stack.get_call(f"{template['call_id']}-{prefix}-{i}").get("post_call_push_result", {})
+            key = (
+                f"{prefix}: {result.get('status')}/{result.get('error_kind')}/attempts {int(result.get('attempts', 0))}"
+            )
+            kinds[key] = kinds.get(key, 0) + 1
+    for key, count in sorted(kinds.items()):
+        print(f"  {count} x {key}")
+    circuit = read_circuit(stack.dynamodb, stack.resources.state_table, destination_of(bot["post_call_push"]["url"]))
+    print(f"circuit: {json.dumps(circuit.as_json() if circuit else None)}")
+    stack.crm.responder = lambda _req: CrmAnswer()
+    return circuit is not None and circuit.state == "OPEN" and "held: failed/circuit_open/attempts 0" in " ".join(kinds)
 
 
 def _since(started: Any, stamp: str) -> str:
