@@ -13,8 +13,10 @@ loopback addresses. Any other name raises, as a socket would.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,3 +65,22 @@ def _network_blocked() -> Iterator[None]:
     finally:
         enable_socket()
         socket.getaddrinfo = _true_getaddrinfo
+
+
+# --- the sample call and bot of events/, fresh for each test ---------------------------------
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+
+@pytest.fixture
+def call() -> dict[str, Any]:
+    """events/sample_call.json as plain JSON (numbers as int/float)."""
+    item: dict[str, Any] = json.loads((EVENTS / "sample_call.json").read_text())
+    return item
+
+
+@pytest.fixture
+def bot() -> dict[str, Any]:
+    """events/sample_bot.json as plain JSON."""
+    item: dict[str, Any] = json.loads((EVENTS / "sample_bot.json").read_text())
+    return item

@@ -18,18 +18,6 @@ from push_cli.lint import brace_findings, edit_distance, lint_bot, suggest_name
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
-@pytest.fixture
-def bot() -> dict[str, Any]:
-    item: dict[str, Any] = json.loads((EVENTS / "sample_bot.json").read_text())
-    return item
-
-
-@pytest.fixture
-def call() -> dict[str, Any]:
-    item: dict[str, Any] = json.loads((EVENTS / "sample_call.json").read_text())
-    return item
-
-
 def with_mapper(bot: dict[str, Any], key_mapper: Any) -> dict[str, Any]:
     changed = copy.deepcopy(bot)
     changed["post_call_push"]["key_mapper"] = key_mapper

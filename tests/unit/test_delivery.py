@@ -7,7 +7,6 @@ milliseconds and every assertion is exact.
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,6 @@ EVENTS = Path(__file__).resolve().parents[2] / "events"
 OK = SendOutcome(200, '{"ok":true}', None, 1, 12)
 DOWN = SendOutcome(503, "down for maintenance", None, 1, 8, "http_status")
 REFUSED = SendOutcome(None, "", "could not connect: connection refused", 1, 2, "connection")
-
-
-@pytest.fixture
-def call() -> dict[str, Any]:
-    item: dict[str, Any] = json.loads((EVENTS / "sample_call.json").read_text())
-    return item
-
-
-@pytest.fixture
-def bot() -> dict[str, Any]:
-    item: dict[str, Any] = json.loads((EVENTS / "sample_bot.json").read_text())
-    return item
 
 
 class World:

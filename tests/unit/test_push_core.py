@@ -17,18 +17,6 @@ EVENTS = Path(__file__).resolve().parents[2] / "events"
 TOKEN = "Bearer sk_live_sample_token_not_real"
 
 
-@pytest.fixture
-def call() -> dict[str, Any]:
-    item: dict[str, Any] = json.loads((EVENTS / "sample_call.json").read_text())
-    return item
-
-
-@pytest.fixture
-def bot() -> dict[str, Any]:
-    item: dict[str, Any] = json.loads((EVENTS / "sample_bot.json").read_text())
-    return item
-
-
 def run(call: dict[str, Any], bot: dict[str, Any] | None, crm: ScriptedCrm | None = None, **kw: Any):
     calls = InMemoryCalls(call)
     bots = StaticBots(*([bot] if bot else []))
