@@ -68,7 +68,7 @@ def _env() -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("AWS_", "POWERTOOLS_", "PUSH_", "CLAIM_", "PYTHON"))
-        and k not in ("CALLS_TABLE", "BOTS_TABLE", "PUBLIC_BASE_URL", "RECORDINGS_BUCKET")
+        and k not in ("CALLS_TABLE", "BOTS_TABLE", "PUSH_STATE_TABLE", "PUBLIC_BASE_URL", "RECORDINGS_BUCKET")
     }
     return {
         **keep,
@@ -80,6 +80,7 @@ def _env() -> dict[str, str]:
         "AWS_EC2_METADATA_DISABLED": "true",
         "CALLS_TABLE": "Calls",
         "BOTS_TABLE": "Bots",
+        "PUSH_STATE_TABLE": "PushState",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
