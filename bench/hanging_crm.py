@@ -43,11 +43,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from scripts.local_stack import MetricCounter, small_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = 100
@@ -73,25 +74,13 @@ class _Context:
         return 60_000
 
 
-class _Counts:
-    """The gate's metric callback: counts per name, thread-safe."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str) -> None:
-        with self._lock:
-            self.counts[name] += 1
-
-
 def _import_paths() -> None:
     for path in (str(ROOT / "layers" / "common"), str(ROOT / "functions" / "post_call_push")):
         if path not in sys.path:
             sys.path.insert(0, path)
 
 
-def _warm_handler(counts: _Counts) -> Any:
+def _warm_handler(counts: MetricCounter) -> Any:
     """The handler module, wired (a warm container), its gate counting transitions into ``counts``."""
     _import_paths()
     sys.modules.pop("app", None)
@@ -109,22 +98,8 @@ def _warm_handler(counts: _Counts) -> Any:
     return app
 
 
-def _small_calls(bot_id: str, count: int, prefix: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "call_id": f"{prefix}-{i:03d}-{uuid.uuid4().hex[:6]}",
-            "bot_id": bot_id,
-            "results_stored_at": "2026-11-25T09:32:41.512Z",
-            "start_time": "2026-11-25T09:30:02Z",
-            "end_time": "2026-11-25T09:32:38Z",
-            "crm_data": {"CUSTOMERNAME": f"Customer {i}"},
-        }
-        for i in range(count)
-    ]
-
-
 def _seed(stack: Any, bot: dict[str, Any], count: int, prefix: str) -> list[dict[str, Any]]:
-    calls = _small_calls(bot["bot_id"], count, prefix)
+    calls = small_calls(bot["bot_id"], count, f"{prefix}-{uuid.uuid4().hex[:6]}")  # fresh ids every run
     for call in calls:
         stack.put_call(call)
     return calls
@@ -153,7 +128,7 @@ def _unscheduled(stack: Any, calls: list[dict[str, Any]]) -> list[str]:
 def _container(path: str) -> None:
     """In a fresh process: wire the handler, say "ready", wait for "go", run the batch, print what happened."""
     work = json.loads(Path(path).read_text())
-    counts = _Counts()
+    counts = MetricCounter()
     app = _warm_handler(counts)
     print("ready", flush=True)
     sys.stdin.readline()
@@ -234,7 +209,7 @@ def measure_hanging() -> dict[str, float]:
 
         # One batch in this process.
         calls = _seed(stack, bot, RECORDS, "hang")
-        counts = _Counts()
+        counts = MetricCounter()
         app = _warm_handler(counts)
         started = time.perf_counter()
         response = app.lambda_handler(_event(calls), _Context())
@@ -290,7 +265,7 @@ def _rate_batch_wcu(limit: float | None) -> tuple[float, int, float]:
         stack.put_bot(bot)
         calls = _seed(stack, bot, RATE_CALLS, "rate")
         with meter.installed():
-            app = _warm_handler(_Counts())
+            app = _warm_handler(MetricCounter())
         meter.reset()
         started = time.perf_counter()
         response = app.lambda_handler(_event(calls), _Context())

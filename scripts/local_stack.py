@@ -36,6 +36,7 @@ import signal
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -142,6 +143,37 @@ def create_retry_queue(sqs: Any, suffix: str) -> str:
     """The SQS queue that carries scheduled attempts (contract §10); its url."""
     url: str = sqs.create_queue(QueueName=f"post-call-push-retry-{suffix}")["QueueUrl"]
     return url
+
+
+def small_calls(bot_id: str, count: int, prefix: str) -> list[dict[str, Any]]:
+    """``count`` calls with just what a push needs, for batches in races, benches and circuits.
+
+    Small on purpose: a 50 KB transcript would measure DynamoDB, not the push.
+    """
+    return [
+        {
+            "call_id": f"{prefix}-{i:03d}",
+            "bot_id": bot_id,
+            "results_stored_at": "2026-11-25T09:32:41.512Z",
+            "start_time": "2026-11-25T09:30:02Z",
+            "end_time": "2026-11-25T09:32:38Z",
+            "disconnected_by": "customer",
+            "crm_data": {"CUSTOMERNAME": f"Customer {i}"},
+        }
+        for i in range(count)
+    ]
+
+
+class MetricCounter:
+    """A ``count_metric`` callback (the destination gate's events) that counts by name, thread-safe."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from crm_push.adapters.destination_gate import (
 )
 from crm_push.push import PushRequest, destination_of
 from scripts.local_crm import CrmAnswer, ReceivedRequest
+from scripts.local_stack import MetricCounter, small_calls
 from tests.conftest import LambdaContextStub, Stack, insert_event
 from tests.retry_queue import queued
 
@@ -97,18 +98,8 @@ def scripted_crm(stack: Stack) -> Iterator[ScriptedCrm]:
         scripted.release.set()
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str) -> None:
-        with self._lock:
-            self.counts[name] += 1
-
-
 def protected_handler(
-    stack: Stack, metrics: Metrics, monkeypatch: pytest.MonkeyPatch, settings: CircuitSettings = SETTINGS
+    stack: Stack, metrics: MetricCounter, monkeypatch: pytest.MonkeyPatch, settings: CircuitSettings = SETTINGS
 ) -> Callable[..., Any]:
     """A fresh copy of the real handler (one container), with a short attempt and recovery timeout."""
     monkeypatch.setenv("PUSH_CONCURRENCY", str(CONCURRENCY))
@@ -125,20 +116,6 @@ def protected_handler(
         return app.lambda_handler(event, LambdaContextStub())
 
     return invoke
-
-
-def small_calls(bot_id: str, count: int, prefix: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "call_id": f"{prefix}-{i:02d}",
-            "bot_id": bot_id,
-            "results_stored_at": "2026-11-25T09:32:41.512Z",
-            "start_time": "2026-11-25T09:30:02Z",
-            "end_time": "2026-11-25T09:32:38Z",
-            "crm_data": {"CUSTOMERNAME": f"Customer {i}"},
-        }
-        for i in range(count)
-    ]
 
 
 def seed(stack: Stack, bot: dict[str, Any], count: int, prefix: str) -> list[str]:
@@ -181,7 +158,7 @@ def test_a_hanging_crm_opens_the_circuit_then_one_probe_closes_it_and_every_call
     stack: Stack, scripted_crm: ScriptedCrm, sample_bot: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a CRM that accepts requests and never answers, and 12 calls in one stream batch
-    metrics = Metrics()
+    metrics = MetricCounter()
     invoke = protected_handler(stack, metrics, monkeypatch)
     call_ids = seed(stack, sample_bot, 12, "hang")
 
@@ -241,14 +218,14 @@ def test_a_container_that_starts_after_the_circuit_opened_sends_nothing(
     stack: Stack, scripted_crm: ScriptedCrm, sample_bot: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a circuit opened by one container
-    metrics = Metrics()
+    metrics = MetricCounter()
     call_ids = seed(stack, sample_bot, 10, "later")
     protected_handler(stack, metrics, monkeypatch)(insert_event(*[stack.get_call(c) for c in call_ids[:6]]))
     assert circuit_item(stack)["state"]["S"] == "OPEN"
     sent = len(scripted_crm.arrivals)
 
     # When a fresh container (its own clients and cache) gets the next calls
-    other = protected_handler(stack, Metrics(), monkeypatch)
+    other = protected_handler(stack, MetricCounter(), monkeypatch)
     assert other(insert_event(*[stack.get_call(c) for c in call_ids[6:]], start_sequence=7)) == {
         "batchItemFailures": []
     }
@@ -273,7 +250,7 @@ def test_5xx_and_429_open_the_circuit_while_a_refusing_crm_does_not(
 ) -> None:
     # Given a CRM that answers every request with this status at once
     scripted_crm.hang, scripted_crm.status = False, status
-    metrics = Metrics()
+    metrics = MetricCounter()
     # (the function's own recovery timeout: no probe may go out during this test)
     invoke = protected_handler(stack, metrics, monkeypatch, CircuitSettings())
     call_ids = seed(stack, sample_bot, 10, f"s{status}")
@@ -329,7 +306,7 @@ def test_operators_list_circuits_and_close_one_by_hand(
     # Given an open circuit
     scripted_crm.hang, scripted_crm.status = False, 503
     call_ids = seed(stack, sample_bot, 6, "ops")
-    protected_handler(stack, Metrics(), monkeypatch)(insert_event(*[stack.get_call(c) for c in call_ids]))
+    protected_handler(stack, MetricCounter(), monkeypatch)(insert_event(*[stack.get_call(c) for c in call_ids]))
     destination = destination_of(stack.crm.url)
     monkeypatch.setenv("PUSH_STATE_TABLE", stack.state_table)
 
@@ -364,7 +341,7 @@ def test_operators_list_circuits_and_close_one_by_hand(
     assert "s3cret" not in said.out + said.err
     scripted_crm.status = 200
     more = seed(stack, sample_bot, 2, "ops-after")
-    invoke = protected_handler(stack, Metrics(), monkeypatch)
+    invoke = protected_handler(stack, MetricCounter(), monkeypatch)
     assert invoke(insert_event(*[stack.get_call(c) for c in more], start_sequence=50)) == {"batchItemFailures": []}
     assert {r["status"] for r in results(stack, more).values()} == {"ok"}
 

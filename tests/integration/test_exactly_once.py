@@ -21,6 +21,7 @@ import pytest
 from crm_push.adapters.dynamodb import from_item, to_item
 from crm_push.push import OpenGate
 from scripts.local_crm import CrmAnswer, ReceivedRequest
+from scripts.local_stack import small_calls
 from tests.conftest import LambdaContextStub, Stack, insert_event
 from tests.fakes import FakeClock
 from tests.retry_queue import drain, queued
@@ -49,23 +50,6 @@ def _load_invoker(index: int) -> ModuleType:
     provider = module.metrics.provider
     provider.metric_set, provider.dimension_set, provider.metadata_set = {}, {}, {}
     return module
-
-
-def _small_calls(bot_id: str, count: int, prefix: str) -> list[dict[str, Any]]:
-    """Calls with just what a push needs: moto's cost per request grows with the item."""
-    return [
-        {
-            "call_id": f"{prefix}-{i:03d}",
-            "bot_id": bot_id,
-            "results_stored_at": "2026-11-25T09:32:41.512Z",
-            "start_time": "2026-11-25T09:30:02Z",
-            "end_time": "2026-11-25T09:32:38Z",
-            "disconnected_by": "customer",
-            "crm_data": {"CUSTOMERNAME": f"Customer {i}"},
-            "events": [{"type": "connected", "t": 7}],
-        }
-        for i in range(count)
-    ]
 
 
 def _pushes_by_call(requests: list[ReceivedRequest]) -> Counter[str]:
@@ -135,7 +119,7 @@ def test_the_same_batch_from_two_concurrent_invokers_pushes_each_call_exactly_on
     clock = FakeClock()
     try:
         for run in range(RUNS):
-            calls = _small_calls(sample_bot["bot_id"], BATCH, f"race{run}-{stack.calls_table[-6:]}")
+            calls = small_calls(sample_bot["bot_id"], BATCH, f"race{run}-{stack.calls_table[-6:]}")
             for call in calls:
                 stack.put_call(call)
             before = len(stack.crm.requests)

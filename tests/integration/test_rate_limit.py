@@ -22,6 +22,7 @@ import pytest
 from crm_push.adapters.destination_gate import state_table_gate
 from crm_push.push import destination_of
 from scripts.local_crm import CrmAnswer, ReceivedRequest
+from scripts.local_stack import MetricCounter
 from tests.conftest import LambdaContextStub, Stack, insert_event
 from tests.retry_queue import queued
 
@@ -54,17 +55,7 @@ def arrivals(stack: Stack) -> ArrivalLog:
     return log
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str) -> None:
-        with self._lock:
-            self.counts[name] += 1
-
-
-def container(index: int, stack: Stack, metrics: Metrics) -> Any:
+def container(index: int, stack: Stack, metrics: MetricCounter) -> Any:
     """A separate copy of the handler module: one container, with its own clients, pool and gate."""
     spec = importlib.util.spec_from_file_location(f"app_rate_{index}", APP_PATH)
     assert spec is not None
@@ -111,7 +102,7 @@ def test_thirty_calls_from_two_concurrent_invocations_keep_to_five_a_second_and_
 ) -> None:
     # Given a bot limited to 5 requests a second, and two containers with 15 calls each
     calls = seed(stack, sample_bot, 5, 30)
-    metrics = Metrics()
+    metrics = MetricCounter()
     containers = [container(i, stack, metrics) for i in range(2)]
     batches = [insert_event(*calls[:15]), insert_event(*calls[15:], start_sequence=16)]
 
@@ -156,7 +147,7 @@ def test_far_below_one_a_second_a_held_call_rides_the_retry_queue_without_an_att
     # (late in one, the wait for the next would be short enough to spend in the invocation)
     window = 4
     calls = seed(stack, sample_bot, 1 / window, 2)
-    invoke = container(0, stack, Metrics())
+    invoke = container(0, stack, MetricCounter())
     time.sleep(window - time.time() % window)
 
     # When they arrive in one batch
