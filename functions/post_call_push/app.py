@@ -71,7 +71,9 @@ def _invocation_deps(context: LambdaContext | None) -> PushDeps:
 
 def _count(outcome: PushOutcome) -> None:
     result = outcome.result
-    if result is None:
+    # A held-back call was not attempted: counting it as Push_failed would feed the failure-rate
+    # alarm once a minute per waiting call (the gate counts it as CallsHeldByOpenCircuit).
+    if result is None or outcome.outcome == "held_back":
         metrics.add_metric(name=f"NotPushed_{outcome.outcome}", unit=MetricUnit.Count, value=1)
         return
     metrics.add_metric(name=f"Push_{result.status}", unit=MetricUnit.Count, value=1)

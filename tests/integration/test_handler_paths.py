@@ -366,3 +366,11 @@ def test_a_circuit_opening_is_counted_in_the_functions_metrics(stack, handler, s
     counted = {name: total(name) for name in ("CircuitOpened", "PushErrorKind_connection")}
     assert counted["CircuitOpened"] == 1
     assert counted["PushErrorKind_connection"] >= 5
+
+    # Calls held back by the open circuit are not failed pushes: no Push_failed for them.
+    held = [{**calls[0], "call_id": f"{calls[0]['call_id']}-held-{i}"} for i in range(3)]
+    for call in held:
+        stack.put_call(call)
+    handler(insert_event(*held, start_sequence=100))
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    assert (total("NotPushed_held_back"), total("CallsHeldByOpenCircuit"), total("Push_failed")) == (3, 3, 0)
