@@ -307,7 +307,8 @@ def test_connections_are_reused_between_sends() -> None:
 
 
 def test_sixteen_threads_share_one_sender(crm: LocalCrm) -> None:
-    sender = make_sender(pool_size=16)
+    # What is under test is sharing, not timing: a loaded 2-core machine may take longer than QUICK_TIMEOUT.
+    sender = make_sender(pool_size=16, total_timeout=10.0)
     results: list[SendOutcome] = []
     lock = threading.Lock()
 
