@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -143,6 +144,13 @@ class Stack:
     def get_call(self, call_id: str) -> dict[str, Any]:
         item = self.dynamodb.get_item(TableName=self.calls_table, Key={"call_id": {"S": call_id}}, ConsistentRead=True)
         return from_item(item.get("Item", {}))
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting to it is refused at once."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -203,12 +203,6 @@ def keep_alive_ok(conn: socket.socket, server: RawServer) -> None:
 
 
 @pytest.fixture
-def closed_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
 def crm_answers() -> Iterator[tuple[LocalCrm, list[CrmAnswer]]]:
     """A LocalCrm that answers from a script (the last answer repeats)."""
     script: list[CrmAnswer] = []

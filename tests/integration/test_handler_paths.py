@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import socket
 import sys
 import threading
 import time
@@ -87,10 +86,7 @@ def test_the_crm_status_is_recorded(stack, handler, sample_call, sample_bot, htt
     assert response == {"batchItemFailures": []}  # recorded (and scheduled): a stream retry would not help
 
 
-def test_a_refused_connection_is_failed_with_the_reason(stack, handler, sample_call, sample_bot):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+def test_a_refused_connection_is_failed_with_the_reason(stack, handler, sample_call, sample_bot, closed_port):
     sample_bot["post_call_push"]["url"] = f"http://127.0.0.1:{closed_port}/in"
     sample_bot["post_call_push"]["retry_schedule_seconds"] = [600]
     seed(stack, sample_call, sample_bot)
@@ -340,10 +336,7 @@ def test_an_unreachable_state_table_asks_for_a_retry_before_anything_is_sent(
     assert stack.crm.requests == []
 
 
-def test_a_circuit_opening_is_counted_in_the_functions_metrics(stack, handler, sample_bot, capsys):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+def test_a_circuit_opening_is_counted_in_the_functions_metrics(stack, handler, sample_bot, capsys, closed_port):
     sample_bot["post_call_push"]["url"] = f"http://127.0.0.1:{closed_port}/in"
     sample_bot["post_call_push"]["retry_schedule_seconds"] = [600]
     stack.put_bot(sample_bot)
