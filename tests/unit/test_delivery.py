@@ -434,6 +434,9 @@ class ScriptedGate:
         self.clock, self.reason, self.hold_seconds, self.holds = clock, reason, hold_seconds, holds
         self.destinations: list[str] = []
 
+    def is_open(self, destination: str) -> bool:
+        return self.reason == "circuit_open" and self.holds > 0
+
     def send(self, destination: str, rate_limit_per_second: float | None, send: Any) -> Any:
         from crm_push.push import HeldBack
 
@@ -489,3 +492,23 @@ def test_far_over_the_rate_limit_a_call_is_scheduled_and_nothing_is_written(call
     assert "post_call_push_result" not in world.stored
     world.drain()
     assert (world.result["status"], world.result["attempts"]) == ("ok", 1)
+
+
+def test_a_failure_that_opened_the_circuit_is_not_waited_out_in_the_invocation(call, bot):
+    class OpensOnFirstFailure(ScriptedGate):
+        def send(self, destination: str, rate_limit_per_second: float | None, send: Any) -> Any:
+            outcome = send()
+            self.opened = True
+            return outcome
+
+        def is_open(self, destination: str) -> bool:
+            return getattr(self, "opened", False)
+
+    world = World(call, bot, DOWN, OK)
+    world.deps.gate = OpensOnFirstFailure(world.clock, "circuit_open", 60, holds=0)
+    started = world.clock.now
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+    assert len(world.crm.requests) == 1  # no second attempt after a 5 s wait in this invocation
+    assert world.clock.now == started  # and no sleep
+    [scheduled] = world.queue.messages
+    assert scheduled.delay_seconds == pytest.approx(5, abs=1)

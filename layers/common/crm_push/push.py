@@ -217,6 +217,10 @@ class DestinationGate(Protocol):
         """Run ``send`` unless the destination must be spared (contract §10: circuit breaker, rate limit)."""
         ...
 
+    def is_open(self, destination: str) -> bool:
+        """Whether the destination's circuit is open now (calls are being held back)."""
+        ...
+
 
 class OpenGate:
     """Every destination open and unlimited: for tools and tests that do not exercise the gate."""
@@ -225,6 +229,9 @@ class OpenGate:
         self, destination: str, rate_limit_per_second: float | None, send: Callable[[], SendOutcome]
     ) -> SendOutcome | HeldBack:
         return send()
+
+    def is_open(self, destination: str) -> bool:
+        return False
 
 
 class BotDirectory(Protocol):
@@ -621,7 +628,13 @@ def push_call(
         if due is None:
             return PushOutcome(call_id, "pushed", result)
         delay = (due - deps.clock()).total_seconds()
-        if delay <= MAX_WAIT_IN_INVOCATION_SECONDS and _time_for_attempt(deps, delay):
+        # A short wait is worth it for a blip, not for a destination whose circuit has just opened:
+        # the next attempt would only be held back, and this worker is needed by the rest of the batch.
+        if (
+            delay <= MAX_WAIT_IN_INVOCATION_SECONDS
+            and _time_for_attempt(deps, delay)
+            and not (bot.push and bot.push.url and deps.gate.is_open(destination_of(bot.push.url)))
+        ):
             deps.sleep(max(0.0, delay) + _CLOCK_SLACK_SECONDS)
             replay = None  # a replay's own retries are ordinary scheduled attempts
             continue

@@ -292,6 +292,12 @@ class CircuitAndRateGate:
             return carried.outcome
         return result
 
+    def is_open(self, destination: str) -> bool:
+        """Whether the destination's circuit is open or probing now: the breaker's own cached read."""
+        name = circuit_name(destination)
+        self._persistence.configure(self._config, name)
+        return self._persistence.get_state(name).state != CircuitState.CLOSED
+
     # --- the circuit ----------------------------------------------------------------------
 
     def _held_before_probe_time(self, name: str) -> HeldBack | None:
