@@ -36,7 +36,8 @@ def test_insert_record_pushes_mapped_payload_and_records_ok(
     assert result["http_status"] == 200
     assert [e["type"] for e in stored["integration_log"]] == ["post_call_push"]
     assert stored["events"][-1]["type"] == "post_call_push"
-    assert "post_call_push_claim" not in stored
+    # Delivery bookkeeping lives in the state table: the call gains only the result (and log entries).
+    assert set(stored) - set(sample_call) == {"post_call_push_result"}
 
 
 def test_redelivered_record_pushes_once(
