@@ -115,6 +115,16 @@ def sqs(aws: AwsEndpoints) -> Any:
     return boto3.client("sqs", region_name=REGION, endpoint_url=aws.moto)
 
 
+@pytest.fixture
+def secretsmanager(aws: AwsEndpoints) -> Any:
+    return boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws.moto)
+
+
+@pytest.fixture
+def ssm(aws: AwsEndpoints) -> Any:
+    return boto3.client("ssm", region_name=REGION, endpoint_url=aws.moto)
+
+
 class Stack:
     """The tables, bucket, retry queue and CRM of one test, with helpers to seed and read them."""
 

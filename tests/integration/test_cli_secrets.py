@@ -11,14 +11,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from crm_push.adapters.dynamodb import from_item
 from push_cli import secrets as secrets_cli
 from push_cli.main import main
-from scripts.local_stack import AwsEndpoints
-from tests.conftest import REGION, Stack
+from tests.conftest import Stack
 
 TOKEN = "Bearer sk_live_cli_0a1b2c3d4e5f"
 API_KEY = "ak-cli-31337-9f8e7d"
@@ -43,16 +41,6 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
         assert value not in out + err, f"a secret value was printed: {value[:6]}…"
     assert out, err
     return code, json.loads(out)
-
-
-@pytest.fixture
-def secretsmanager(aws: AwsEndpoints) -> Any:
-    return boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws.moto)
-
-
-@pytest.fixture
-def ssm(aws: AwsEndpoints) -> Any:
-    return boto3.client("ssm", region_name=REGION, endpoint_url=aws.moto)
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from crm_push.secrets import (
     secret_values,
 )
 from scripts.local_crm import CrmAnswer, LocalCrm, ReceivedRequest
-from scripts.local_stack import AwsEndpoints
 
 REGION = "us-east-1"
 TOKEN = "Bearer sk_live_ref_0a1b2c3d4e"
@@ -37,16 +36,6 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def secretsmanager(aws: AwsEndpoints) -> Any:
-    return boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws.moto)
-
-
-@pytest.fixture
-def ssm(aws: AwsEndpoints) -> Any:
-    return boto3.client("ssm", region_name=REGION, endpoint_url=aws.moto)
 
 
 @pytest.fixture
