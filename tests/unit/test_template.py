@@ -14,10 +14,12 @@ import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from cfnlint.decode.cfn_yaml import load
+
+from crm_push.push import ErrorKind
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE: dict[str, Any] = load(str(ROOT / "template.yaml"))
@@ -28,19 +30,7 @@ _ABSENT = object()
 _NO_VALUE = object()
 
 # The metric vocabulary the handler emits (contract section 10; namespace and dimension from ENV).
-ERROR_KINDS = (
-    "timeout",
-    "connection",
-    "dns",
-    "tls",
-    "destination_refused",
-    "http_status",
-    "config",
-    "secret",
-    "circuit_open",
-    "payload_too_large",
-    "internal",
-)
+ERROR_KINDS = get_args(ErrorKind)
 DELIVERY_METRICS = {"AttemptScheduled", "DeliveryExhausted", "CircuitOpened", "CallsHeldByOpenCircuit", "RateLimited"}
 
 EXISTING_TABLES = {
