@@ -1,6 +1,8 @@
 # One command each: every target installs what it needs into .venv first.
 SHELL := /bin/bash
-PYTHON ?= python3
+# The Lambda runtime is python3.12: build the venv with it when the machine has it (pyenv keeps it
+# off PATH unless PYENV_VERSION names it), else fall back to the default python3 (README "Python").
+PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(wildcard /usr/bin/python3.12) python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin

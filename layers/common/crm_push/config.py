@@ -20,6 +20,7 @@ MAX_RETRY_SCHEDULE_ENTRIES = 10
 MAX_RETRY_SCHEDULE_TOTAL_SECONDS = 259_200
 # Two during a rotation; a few more leave room for a slow one, and each adds ~50 bytes to every request.
 MAX_SIGNING_SECRETS = 5
+MIN_RATE_LIMIT_PER_SECOND = 1 / 3600
 
 # RFC 7230 token characters for names; visible ASCII, space and tab for values.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -46,6 +47,11 @@ class Settings(BaseModel):
     retry_queue_url: str | None = None
     # SQS delays one message by 900 s at most; a longer wait hops. Lower only to hop sooner (tests).
     retry_max_delay_seconds: int = Field(default=900, ge=0, le=900)
+    # Tenancy (contract §12): a bot's references resolve only under <prefix><scope>/.
+    secrets_name_prefix: str = "post-call-push/"
+    parameters_path_prefix: str = "/post-call-push/"
+    # OAuth access tokens at rest (contract §13) are encrypted with this key.
+    push_kms_key_id: str | None = None
 
     @field_validator(
         "public_base_url",
@@ -53,6 +59,7 @@ class Settings(BaseModel):
         "recordings_endpoint_url",
         "push_state_table",
         "retry_queue_url",
+        "push_kms_key_id",
         mode="before",
     )
     @classmethod
@@ -195,7 +202,8 @@ class PostCallPushConfig(BaseModel):
     key_mapper: dict[str, Any] = Field(default_factory=dict)
     # Delays between attempts (contract §10); None = the default ladder, [] = a single attempt.
     retry_schedule_seconds: tuple[int, ...] | None = None
-    rate_limit_per_second: float | None = Field(default=None, gt=0)
+    # At least one request an hour: below that a typo (1e-9) would hold calls for years (audit #18).
+    rate_limit_per_second: float | None = Field(default=None, ge=MIN_RATE_LIMIT_PER_SECOND)
 
     @field_validator("retry_schedule_seconds", mode="before")
     @classmethod
@@ -339,16 +347,26 @@ class BotConfig:
     has_push_config: bool
     push: PostCallPushConfig | None
     push_error: str | None = None
+    tenant_id: str | None = None
+
+    @property
+    def scope(self) -> str:
+        """Everything this bot may reach or affect is its scope's (contract §12): its tenant, else itself."""
+        return self.tenant_id or self.bot_id
 
 
 def load_bot_config(item: Mapping[str, Any], bot_id: str) -> BotConfig:
     """Validate a Bots-table item; an invalid ``post_call_push`` is kept as an error to record."""
     timezone = item.get("timezone")
+    tenant = item.get("tenant_id")
+    tenant_id = tenant.strip() if isinstance(tenant, str) and tenant.strip() else None
     keys = item.get("analysis_keys")
     analysis_keys = tuple(k for k in keys if isinstance(k, str)) if isinstance(keys, (list, tuple, set)) else ()
     raw = item.get("post_call_push")
     if raw is None:
-        return BotConfig(bot_id, timezone if isinstance(timezone, str) else "UTC", analysis_keys, False, None)
+        return BotConfig(
+            bot_id, timezone if isinstance(timezone, str) else "UTC", analysis_keys, False, None, tenant_id=tenant_id
+        )
     push: PostCallPushConfig | None = None
     error: str | None = None
     if not isinstance(raw, Mapping):
@@ -367,4 +385,5 @@ def load_bot_config(item: Mapping[str, Any], bot_id: str) -> BotConfig:
         True,
         push,
         error,
+        tenant_id=tenant_id,
     )
