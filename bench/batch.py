@@ -193,12 +193,16 @@ class _StandInDelivery:
         self._latency = latency
 
     def claim(self, call_id: str, claim_id: str, trigger: str, now: Any, lease_seconds: int, force: bool) -> Any:
-        from crm_push.push import DeliveryState
+        from crm_push.ports import DeliveryState
 
         time.sleep(self._latency)
         return DeliveryState()
 
-    def save(self, call_id: str, claim_id: str, update: Any, now: Any) -> bool:
+    def save(self, call_id: str, claim_id: str | None, update: Any, now: Any) -> bool:
+        time.sleep(self._latency)
+        return True
+
+    def mark_written(self, call_id: str, attempts: int) -> bool:
         time.sleep(self._latency)
         return True
 
@@ -243,7 +247,7 @@ def _worker(path: str) -> None:
             deps,
             calls=_StandInCalls(items, latency),
             bots=_StandInBots(work["bot"], latency),
-            delivery=_StandInDelivery(latency),
+            state=_StandInDelivery(latency),
         )
     seconds, cpu, failures = [], [], []
     for event in work["events"]:

@@ -26,7 +26,7 @@ from crm_push.adapters.retry_queue import SqsRetryQueue
 from crm_push.adapters.state import DeliveryStateTable
 from crm_push.config import Settings
 from crm_push.errors import ConfigError
-from crm_push.push import DeliveryState, DeliveryUpdate, PushDeps, PushRequest, SendOutcome
+from crm_push.ports import DeliveryState, DeliveryUpdate, PushDeps, PushRequest, SendOutcome
 from crm_push.recording import Presigner
 
 # Exit statuses, the same for every command (documented in docs/runbook.md).
@@ -197,7 +197,7 @@ class Context:
             calls=_NoCallStore(),
             bots=_NoBotDirectory(),
             crm=_NeverSend(),
-            delivery=_NoDelivery(),
+            state=_NoDelivery(),
             presign=self.presigner(),
             public_base_url=settings.public_base_url,
             recordings_bucket=settings.recordings_bucket,
@@ -240,7 +240,10 @@ class _NoDelivery:
     ) -> DeliveryState:
         raise AssertionError("preview must not claim a call")
 
-    def save(self, call_id: str, claim_id: str, update: DeliveryUpdate, now: datetime) -> bool:
+    def save(self, call_id: str, claim_id: str | None, update: DeliveryUpdate, now: datetime) -> bool:
+        raise AssertionError("preview must not record an attempt")
+
+    def mark_written(self, call_id: str, attempts: int) -> bool:
         raise AssertionError("preview must not record an attempt")
 
     def release(self, call_id: str, claim_id: str) -> None:

@@ -123,7 +123,7 @@ def _play_outage(stack: Any, app: Any) -> bool:
 
     from crm_push.adapters.retry_queue import SqsRetryQueue
     from crm_push.jsonvalues import to_plain
-    from crm_push.push import OpenGate
+    from crm_push.ports import UnguardedGate
     from scripts.local_crm import CrmAnswer
     from scripts.local_stack import LambdaContextStub
     from scripts.make_events import stream_record
@@ -140,7 +140,7 @@ def _play_outage(stack: Any, app: Any) -> bool:
     deps, _ = app._runtime()
     clock = FakeClock()
     # The simulated clock moves hours in a moment; the circuit breaker keeps wall-clock time.
-    deps.clock, deps.sleep, deps.gate = clock, clock.advance, OpenGate()
+    deps.clock, deps.sleep, deps.gate = clock, clock.advance, UnguardedGate()
     # Every hop comes back at once; the handler itself checks whether it is due.
     deps.retry_queue = SqsRetryQueue(stack.resources.retry_queue_url, client=stack.sqs, max_delay_seconds=0)
     started = clock.now

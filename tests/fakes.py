@@ -15,7 +15,8 @@ from typing import Any
 
 from crm_push.config import BotConfig, load_bot_config
 from crm_push.errors import AlreadyPushed, ClaimHeld, NotDue
-from crm_push.push import DeliveryState, DeliveryUpdate, PushDeps, PushRequest, SendOutcome
+from crm_push.ports import DeliveryState, DeliveryUpdate, PushDeps, PushRequest, SendOutcome
+from crm_push.result_log import entries_after, moves_forward, shown_attempts
 
 
 class InMemoryCalls:
@@ -41,12 +42,10 @@ class InMemoryCalls:
         if item is None:
             return False
         stored = item.get("post_call_push_result")
-        if not force and isinstance(stored, dict):
-            older = stored["attempts"] < result["attempts"] or (
-                stored["attempts"] == result["attempts"] and stored["pushed_at"] != result["pushed_at"]
-            )
-            if not older:
+        if not force:
+            if not moves_forward(stored, result):
                 return False
+            entries = entries_after(entries, shown_attempts(stored))
         self.writes += 1
         item["post_call_push_result"] = copy.deepcopy(result)
         item.setdefault("integration_log", []).extend(copy.deepcopy(entries))
@@ -68,12 +67,15 @@ class InMemoryDelivery:
         if old is not None:
             lease = old.get("lease_until")
             free = lease is None or lease < epoch or old.get("claim_id") == claim_id
-            if not force and old.get("st") == "done":
-                raise AlreadyPushed(call_id)
+            done = old.get("st") == "done"
+            pending = tuple(copy.deepcopy(old.get("log", ()))) if done or not old.get("written") else ()
+            attempts = old.get("attempts", 0)
+            if not force and done:
+                raise AlreadyPushed(call_id, pending=pending, attempts=attempts)
             if not free:
                 raise ClaimHeld(call_id, until=lease)
             if not force and old.get("due") is not None and old["due"] > epoch:
-                raise NotDue(call_id, due=old["due"], scheduled_by=old.get("by"))
+                raise NotDue(call_id, due=old["due"], scheduled_by=old.get("by"), pending=pending, attempts=attempts)
         before = copy.deepcopy(old or {})
         item = self.items.setdefault(call_id, {"attempts": 0})
         item.update({"claim_id": claim_id, "lease_until": epoch + lease_seconds, "claim_trigger": trigger})
@@ -84,13 +86,15 @@ class InMemoryDelivery:
             call_written=bool(before.get("written")),
             unwritten=tuple(before.get("log", ())),
             taken_over=holder is not None and holder != claim_id,
-            last_trigger=before.get("by"),
         )
 
-    def save(self, call_id: str, claim_id: str, update: DeliveryUpdate, now: datetime) -> bool:
+    def save(self, call_id: str, claim_id: str | None, update: DeliveryUpdate, now: datetime) -> bool:
         item = self.items.get(call_id)
-        if item is None or item.get("claim_id") != claim_id:
+        held = item is not None and claim_id is not None and item.get("claim_id") == claim_id
+        behind = item is None or item.get("attempts") is None or item["attempts"] < update.attempts
+        if not held and not behind:
             return False
+        item = self.items.setdefault(call_id, {})
         for key in ("claim_id", "lease_until", "claim_trigger"):
             item.pop(key, None)
         item.update(
@@ -107,6 +111,13 @@ class InMemoryDelivery:
             item["due"] = int(update.due.timestamp())
         else:
             item.pop("due", None)
+        return True
+
+    def mark_written(self, call_id: str, attempts: int) -> bool:
+        item = self.items.get(call_id)
+        if item is None or item.get("attempts") != attempts:
+            return False
+        item.update({"written": True, "log": []})
         return True
 
     def release(self, call_id: str, claim_id: str) -> None:
@@ -183,11 +194,14 @@ def make_deps(calls: InMemoryCalls, bots: StaticBots, crm: ScriptedCrm, **overri
     sleep: Callable[[float], None] = overrides.pop(
         "sleep", clock.advance if isinstance(clock, FakeClock) else (lambda _s: None)
     )
+    # ``delivery=`` is the state store's name before the core was split (the audit's repro scripts use it).
+    if "delivery" in overrides:
+        overrides["state"] = overrides.pop("delivery")
     values: dict[str, Any] = {
         "calls": calls,
         "bots": bots,
         "crm": crm,
-        "delivery": InMemoryDelivery(),
+        "state": InMemoryDelivery(),
         "retry_queue": InMemoryQueue(),
         "presign": lambda bucket, key: f"https://s3.example.com/{bucket}/{key}?X-Amz-Signature=abc",
         "public_base_url": "https://api.example.com",

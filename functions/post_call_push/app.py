@@ -2,7 +2,7 @@
 
 Three triggers reach it (contract §3, §10): a DynamoDB stream batch, an
 EventBridge ``Call Results Stored`` event, and an SQS batch from the retry
-queue. Wiring only: the delivery itself is ``crm_push.push.push_call``.
+queue. Wiring only: the delivery itself is ``crm_push.flow``.
 """
 
 from __future__ import annotations
@@ -24,25 +24,29 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from crm_push.adapters.retry_queue import decode_message
+from crm_push import messages
 from crm_push.config import Settings
 from crm_push.errors import QueueError, ResultsNotStored, StorageError
 from crm_push.models import CallResultsStored, parse_call_results_stored, stream_call_image
-from crm_push.push import PushDeps, PushOutcome, handle_retry_message, push_call
-from crm_push.wiring import build_deps
+from crm_push.ports import PushDeps, PushOutcome
+from crm_push.push import handle_retry_message, push_call
+from crm_push.wiring import build_deps, write_back_reserve_seconds
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "post-call-push"))
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "PostCallPush"))
 copy_config_to_registered_loggers(source_logger=logger, include={"crm_push"})
 
-# Stop sending this long before Lambda's own timeout, so results are still written back.
-_WRITE_BACK_RESERVE_SECONDS = 3.0
+# Stop sending this long before Lambda's own timeout, so results are still written back
+# even when every write meets the SDK's worst case (audit #12).
+_WRITE_BACK_RESERVE_SECONDS = write_back_reserve_seconds()
 # Errors a later delivery of the same trigger can fix: report the record for retry.
 _RETRY_TRIGGER = (StorageError, QueueError)
 
 _deps: PushDeps | None = None
 _executor: ThreadPoolExecutor | None = None
 _wiring_lock = threading.Lock()
+# Powertools' add_metric is an unlocked read-modify-write; pushes run on worker threads.
+_metrics_lock = threading.Lock()
 
 
 def _runtime() -> tuple[PushDeps, ThreadPoolExecutor]:
@@ -58,7 +62,12 @@ def _runtime() -> tuple[PushDeps, ThreadPoolExecutor]:
 
 def _count_gate_event(name: str) -> None:
     """The destination gate's events (CircuitOpened, CallsHeldByOpenCircuit, RateLimited, ...) as metrics."""
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    _add_metric(name, MetricUnit.Count, 1)
+
+
+def _add_metric(name: str, unit: MetricUnit, value: float) -> None:
+    with _metrics_lock:
+        metrics.add_metric(name=name, unit=unit, value=value)
 
 
 def _invocation_deps(context: LambdaContext | None) -> PushDeps:
@@ -73,17 +82,19 @@ def _count(outcome: PushOutcome) -> None:
     result = outcome.result
     # A held-back call was not attempted: counting it as Push_failed would feed the failure-rate
     # alarm once a minute per waiting call (the gate counts it as CallsHeldByOpenCircuit).
-    if result is None or outcome.outcome == "held_back":
-        metrics.add_metric(name=f"NotPushed_{outcome.outcome}", unit=MetricUnit.Count, value=1)
+    if result is None or outcome.outcome in ("held_back", "held_no_queue"):
+        _add_metric(f"NotPushed_{outcome.outcome}", MetricUnit.Count, 1)
         return
-    metrics.add_metric(name=f"Push_{result.status}", unit=MetricUnit.Count, value=1)
-    metrics.add_metric(name="PushDuration", unit=MetricUnit.Milliseconds, value=result.duration_ms)
+    _add_metric(f"Push_{result.status}", MetricUnit.Count, 1)
+    _add_metric("PushDuration", MetricUnit.Milliseconds, result.duration_ms)
     if result.error_kind:
-        metrics.add_metric(name=f"PushErrorKind_{result.error_kind}", unit=MetricUnit.Count, value=1)
+        _add_metric(f"PushErrorKind_{result.error_kind}", MetricUnit.Count, 1)
     if result.next_attempt_at:
-        metrics.add_metric(name="AttemptScheduled", unit=MetricUnit.Count, value=1)
+        _add_metric("AttemptScheduled", MetricUnit.Count, 1)
+    if outcome.outcome == "record_deferred":
+        _add_metric("RecordDeferred", MetricUnit.Count, 1)
     if result.exhausted:
-        metrics.add_metric(name="DeliveryExhausted", unit=MetricUnit.Count, value=1)
+        _add_metric("DeliveryExhausted", MetricUnit.Count, 1)
         logger.error(
             "delivery exhausted: no attempt left",
             extra={"call_id": outcome.call_id, "attempts": result.attempts, "error_kind": result.error_kind},
@@ -133,7 +144,7 @@ def _handle_stream_record(record: DynamoDBRecord, deps: PushDeps) -> str:
     except ValueError as exc:
         # Retrying cannot fix a malformed record: log it (never its contents) and move on.
         logger.error("malformed stream record skipped", extra={"sequence_number": sequence_number, "error": str(exc)})
-        metrics.add_metric(name="MalformedRecord", unit=MetricUnit.Count, value=1)
+        _add_metric("MalformedRecord", MetricUnit.Count, 1)
         return "malformed"
     if image is None:
         return "ignored"
@@ -144,23 +155,18 @@ def _handle_stream_record(record: DynamoDBRecord, deps: PushDeps) -> str:
 def _handle_retry_message(record: SQSRecord, deps: PushDeps) -> str:
     message_id = record.message_id
     try:
-        message = decode_message(record.body or "")
-        call_id = message.get("call_id")
-        if not isinstance(call_id, str) or not call_id:
-            raise ValueError("retry message has no call_id")
+        message = messages.decode(record.body or "")
     except ValueError as exc:
         logger.error("malformed retry message dropped", extra={"message_id": message_id, "error": str(exc)})
-        metrics.add_metric(name="MalformedRecord", unit=MetricUnit.Count, value=1)
+        _add_metric("MalformedRecord", MetricUnit.Count, 1)
         return "malformed"
     try:
         outcome = handle_retry_message(message, deps, message_id)
     except _RETRY_TRIGGER as exc:
-        logger.warning("retry message will be retried", extra={"call_id": call_id, "error": str(exc)})
+        logger.warning("retry message will be retried", extra={"call_id": message.call_id, "error": str(exc)})
         raise
-    if isinstance(outcome, PushOutcome):
-        _count(outcome)
-        return outcome.outcome
-    return outcome
+    _count(outcome)
+    return outcome.outcome
 
 
 def _handle_event_bridge(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
@@ -170,7 +176,7 @@ def _handle_event_bridge(event: dict[str, Any], context: LambdaContext | None) -
         logger.error(
             "malformed Call Results Stored event ignored", extra={"event_id": event.get("id"), "error": str(exc)}
         )
-        metrics.add_metric(name="MalformedEvent", unit=MetricUnit.Count, value=1)
+        _add_metric("MalformedEvent", MetricUnit.Count, 1)
         return {"status": "invalid_event", "error": str(exc)}
     logger.append_keys(call_id=detail.call_id, bot_id=detail.bot_id)
     deps = _invocation_deps(context)
@@ -180,7 +186,7 @@ def _handle_event_bridge(event: dict[str, Any], context: LambdaContext | None) -
         # Pushing now would send an empty call and mark it pushed. Raising makes Lambda retry the
         # event later (then park it in the on-failure queue); the stream pushes it when results land.
         logger.warning("event arrived before the call's results; not pushed, will be retried")
-        metrics.add_metric(name="EarlyEvent", unit=MetricUnit.Count, value=1)
+        _add_metric("EarlyEvent", MetricUnit.Count, 1)
         raise
     return {"status": outcome.outcome, "result": outcome.result.status if outcome.result else None}
 

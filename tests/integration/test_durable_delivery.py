@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from crm_push.adapters.dynamodb import from_item
-from crm_push.push import OpenGate
+from crm_push.ports import UnguardedGate
 from scripts.local_crm import CrmAnswer, ReceivedRequest
 from scripts.make_events import results_stored_event
 from tests.conftest import LambdaContextStub, Stack, insert_event
@@ -38,7 +38,7 @@ def invoke(handler: Any, clock: FakeClock) -> Any:
     deps.sleep = clock.advance
     # The circuit breaker keeps wall-clock time (Powertools): simulated hours would never reach
     # its probe. Its own tests (test_circuit_breaker.py) cover it; here every destination is open.
-    deps.gate = OpenGate()
+    deps.gate = UnguardedGate()
     return handler
 
 

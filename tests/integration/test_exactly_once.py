@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from crm_push.adapters.dynamodb import from_item, to_item
-from crm_push.push import OpenGate
+from crm_push.ports import UnguardedGate
 from scripts.local_crm import CrmAnswer, ReceivedRequest
 from scripts.local_stack import small_calls
 from tests.conftest import LambdaContextStub, Stack, insert_event
@@ -137,7 +137,7 @@ def test_the_same_batch_from_two_concurrent_invokers_pushes_each_call_exactly_on
             deps.clock, deps.sleep, deps.gate = (
                 clock,
                 clock.advance,
-                OpenGate(),
+                UnguardedGate(),
             )
             clock.advance(3600)
             drain(stack, handler, clock)
@@ -193,13 +193,13 @@ def test_a_crash_between_any_two_steps_ends_in_one_recorded_outcome(
     deps.clock, deps.sleep, deps.gate = (
         clock,
         clock.advance,
-        OpenGate(),
+        UnguardedGate(),
     )
     steps = {
-        "after_claim": (deps.delivery, "claim"),
+        "after_claim": (deps.state, "claim"),
         "after_send": (deps.crm, "send"),
         "after_call_write": (deps.calls, "write_outcome"),
-        "after_state_write": (deps.delivery, "save"),
+        "after_state_write": (deps.state, "save"),
     }
     target, method = steps[crash_point]
     real = getattr(target, method)
@@ -250,7 +250,7 @@ def test_a_crash_before_the_next_attempt_is_queued_is_recovered_by_the_retried_t
     deps.clock, deps.sleep, deps.gate = (
         clock,
         clock.advance,
-        OpenGate(),
+        UnguardedGate(),
     )
     real_schedule = deps.retry_queue.schedule
 

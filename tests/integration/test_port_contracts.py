@@ -18,7 +18,7 @@ from crm_push.adapters.dynamodb import BotsTable, CallsTable
 from crm_push.adapters.retry_queue import SqsRetryQueue, decode_message
 from crm_push.adapters.state import DeliveryStateTable
 from crm_push.errors import AlreadyPushed, ClaimHeld, NotDue
-from crm_push.push import DeliveryUpdate, PushRequest, SendOutcome
+from crm_push.ports import DeliveryUpdate, PushRequest, SendOutcome
 from scripts.local_crm import CrmAnswer
 from tests.conftest import Stack
 from tests.fakes import InMemoryCalls, InMemoryDelivery, InMemoryQueue, ScriptedCrm, StaticBots

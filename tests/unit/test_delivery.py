@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 
-from crm_push.delivery import DEFAULT_RETRY_SCHEDULE, is_retryable, next_attempt
+from crm_push.error_kinds import is_retryable
 from crm_push.errors import ResultsNotStored, StorageError
-from crm_push.push import PushDeps, SendOutcome, handle_retry_message, push_call
+from crm_push.flow import HELD_WAKE_SPREAD_SECONDS
+from crm_push.ports import GateKey, HeldBack, PushDeps, Replay, SendOutcome
+from crm_push.push import handle_retry_message, push_call
+from crm_push.retry_policy import DEFAULT_RETRY_SCHEDULE, next_attempt
 from crm_push.variables import parse_utc_timestamp
 from tests.fakes import FakeClock, InMemoryCalls, InMemoryDelivery, InMemoryQueue, ScriptedCrm, StaticBots, make_deps
 
@@ -116,12 +119,16 @@ def test_retry_after_raises_the_delay_and_never_lowers_it():
     assert next_attempt(2, DEFAULT_RETRY_SCHEDULE, retry_after_seconds=10).delay_seconds == 300
 
 
-def test_retry_after_past_the_stretch_ends_the_delivery_rather_than_knock_early():
-    allowed = next_attempt(2, DEFAULT_RETRY_SCHEDULE, retry_after_seconds=300 + 7200)
-    assert allowed.delay_seconds == 7500
-    beyond = next_attempt(2, DEFAULT_RETRY_SCHEDULE, retry_after_seconds=300 + 7201)
-    assert beyond.delay_seconds is None
-    assert "Retry-After" in beyond.reason or "asked to wait" in beyond.reason
+def test_a_far_retry_after_waits_until_then_counted_at_most_a_day_and_never_ends_the_delivery():
+    # Contract §10 (revised 2026-12-03): the later of the jittered delay and Retry-After, capped at a day.
+    far = next_attempt(2, DEFAULT_RETRY_SCHEDULE, retry_after_seconds=300 + 7201)
+    assert far.delay_seconds == 7501
+    beyond_a_day = next_attempt(2, DEFAULT_RETRY_SCHEDULE, retry_after_seconds=5 * 86400)
+    assert beyond_a_day.delay_seconds == 86400
+    sooner = next_attempt(2, DEFAULT_RETRY_SCHEDULE, retry_after_seconds=10)
+    assert sooner.delay_seconds == 300
+    # Only the schedule running out ends a delivery.
+    assert next_attempt(8, DEFAULT_RETRY_SCHEDULE, retry_after_seconds=10).delay_seconds is None
 
 
 def test_an_empty_schedule_means_one_attempt():
@@ -244,7 +251,7 @@ def test_a_message_that_arrives_early_is_put_back_and_not_attempted(call, bot):
     [queued] = world.queue.take()
     assert queued.delay_seconds == pytest.approx(300, abs=1)
     # Delivered at once (as if SQS had capped the delay): the attempt is not due yet.
-    assert handle_retry_message(queued.message, world.deps, "early") == "put_back"
+    assert handle_retry_message(queued.message, world.deps, "early").outcome == "put_back"
     assert len(world.crm.requests) == 2
     [put_back] = world.queue.messages
     assert put_back.delay_seconds == pytest.approx(300, abs=1)
@@ -401,8 +408,6 @@ def test_an_early_event_is_not_pushed_and_nothing_is_marked(call, bot):
 
 
 def test_a_replay_while_an_attempt_is_pending_pushes_now_and_the_pending_one_is_a_no_op(call, bot):
-    from crm_push.push import Replay
-
     world = World(call, bot, DOWN, DOWN, OK)
     push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
     outcome = push_call(world.call_id, world.deps, replay=Replay(by="ops", reason="CRM back"))
@@ -434,13 +439,15 @@ class ScriptedGate:
         self.clock, self.reason, self.hold_seconds, self.holds = clock, reason, hold_seconds, holds
         self.destinations: list[str] = []
 
-    def is_open(self, destination: str) -> bool:
-        return self.reason == "circuit_open" and self.holds > 0
+    def held_until(self, key: GateKey) -> Any:
+        """A woken call asks before it is read: that counts as one of the holds, like a held send."""
+        if self.reason == "circuit_open" and self.holds > 0:
+            self.holds -= 1
+            return self.clock.now + timedelta(seconds=self.hold_seconds)
+        return None
 
-    def send(self, destination: str, rate_limit_per_second: float | None, send: Any) -> Any:
-        from crm_push.push import HeldBack
-
-        self.destinations.append(destination)
+    def send(self, key: GateKey, rate_limit_per_second: float | None, send: Any) -> Any:
+        self.destinations.append(key.destination)
         if self.holds:
             self.holds -= 1
             return HeldBack(self.reason, self.clock.now + timedelta(seconds=self.hold_seconds))  # type: ignore[arg-type]
@@ -455,7 +462,9 @@ def test_an_open_circuit_is_the_first_outcome_and_spends_no_attempt(call, bot):
     assert world.crm.requests == []
     result = world.result
     assert (result["status"], result["attempts"], result["error_kind"]) == ("failed", 0, "circuit_open")
-    assert parse_utc_timestamp(result["next_attempt_at"]) == world.clock.now + timedelta(seconds=30)
+    # Held calls wake spread over a window after the probe time, not all in its first second.
+    spread = HELD_WAKE_SPREAD_SECONDS * 0.5  # the fake jitter is 0.5
+    assert parse_utc_timestamp(result["next_attempt_at"]) == world.clock.now + timedelta(seconds=30 + spread)
     assert world.stored.get("integration_log", []) == []
     world.drain()
     assert len(world.crm.requests) == 1
@@ -496,13 +505,13 @@ def test_far_over_the_rate_limit_a_call_is_scheduled_and_nothing_is_written(call
 
 def test_a_failure_that_opened_the_circuit_is_not_waited_out_in_the_invocation(call, bot):
     class OpensOnFirstFailure(ScriptedGate):
-        def send(self, destination: str, rate_limit_per_second: float | None, send: Any) -> Any:
+        def send(self, key: GateKey, rate_limit_per_second: float | None, send: Any) -> Any:
             outcome = send()
             self.opened = True
             return outcome
 
-        def is_open(self, destination: str) -> bool:
-            return getattr(self, "opened", False)
+        def held_until(self, key: GateKey) -> Any:
+            return self.clock.now + timedelta(seconds=60) if getattr(self, "opened", False) else None
 
     world = World(call, bot, DOWN, OK)
     world.deps.gate = OpensOnFirstFailure(world.clock, "circuit_open", 60, holds=0)

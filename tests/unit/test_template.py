@@ -19,7 +19,7 @@ from typing import Any, get_args
 import pytest
 from cfnlint.decode.cfn_yaml import load
 
-from crm_push.push import ErrorKind
+from crm_push.ports import ErrorKind
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE: dict[str, Any] = load(str(ROOT / "template.yaml"))

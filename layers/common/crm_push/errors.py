@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PushError(Exception):
     """Base of every error the push raises on purpose."""
@@ -18,12 +20,18 @@ class PayloadTooLarge(ConfigError):
     """The rendered payload is over the size limit: never sent (``error_kind`` ``payload_too_large``)."""
 
 
-class CallNotFound(PushError):
-    """No call item with that id."""
-
-
 class AlreadyPushed(PushError):
-    """The call already has a push result: redelivery or a lost race, nothing to do."""
+    """The call's delivery has ended: redelivery or a lost race, nothing to send.
+
+    ``pending`` holds attempt entries the state kept that never reached the
+    call item (its write failed and nothing carried it): the refused trigger
+    writes them (``attempts`` is the state's count).
+    """
+
+    def __init__(self, message: str, pending: tuple[dict[str, Any], ...] = (), attempts: int = 0) -> None:
+        super().__init__(message)
+        self.pending = pending
+        self.attempts = attempts
 
 
 class ClaimHeld(PushError):
@@ -40,10 +48,19 @@ class NotDue(PushError):
     ``scheduled_by`` names the trigger whose attempt wrote that schedule.
     """
 
-    def __init__(self, message: str, due: int, scheduled_by: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        due: int,
+        scheduled_by: str | None = None,
+        pending: tuple[dict[str, Any], ...] = (),
+        attempts: int = 0,
+    ) -> None:
         super().__init__(message)
         self.due = due
         self.scheduled_by = scheduled_by
+        self.pending = pending  # as AlreadyPushed's: a first outcome the call item never got
+        self.attempts = attempts
 
 
 class ResultsNotStored(PushError):

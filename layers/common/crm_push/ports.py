@@ -329,6 +329,8 @@ PushOutcomeKind = Literal[
     "call_not_found",
     "claim_lost",  # another push took the call over while this one held it: its outcome is that push's to record
     "record_deferred",  # the CRM answered, the writes failed: a record message carries them
+    "recorded",  # a record message's writes were made
+    "put_back",  # a wake-up that came early went back on the queue for the rest of its wait
 ]
 
 

@@ -17,12 +17,35 @@ from crm_push.adapters.retry_queue import SqsRetryQueue
 from crm_push.adapters.state import DeliveryStateTable
 from crm_push.config import Settings
 from crm_push.errors import ConfigError
-from crm_push.push import PushDeps
+from crm_push.ports import PushDeps
 from crm_push.secrets import StoreSecretResolver
 
-# Standard retry mode backs off on throttling; the short timeouts keep one slow
-# DynamoDB call from eating the whole Lambda budget.
-_AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=3, read_timeout=5)
+# Standard retry mode backs off on throttling; the short timeouts keep one slow DynamoDB or SQS
+# request from eating the Lambda's budget after a CRM has answered (audit #12).
+_AWS_TRIES = 3
+_AWS_CONNECT_SECONDS = 1
+_AWS_READ_SECONDS = 2
+_AWS_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": _AWS_TRIES},
+    connect_timeout=_AWS_CONNECT_SECONDS,
+    read_timeout=_AWS_READ_SECONDS,
+)
+# After the CRM answers, at most three requests record it: the call item, the state, and (when
+# either fails) the record message on the retry queue.
+_WRITES_AFTER_AN_ANSWER = 3
+
+
+def write_back_reserve_seconds() -> float:
+    """How long recording an answer can take at worst with the SDK settings above.
+
+    Each request: every try may wait out its connect and read timeouts, with
+    the standard mode's backoff between tries (at most 2^n s before try n+1).
+    No attempt starts unless this much remains after it, so a slow table
+    delays the record but never turns into a Lambda timeout after the CRM
+    answered.
+    """
+    per_request = _AWS_TRIES * (_AWS_CONNECT_SECONDS + _AWS_READ_SECONDS) + sum(2**n for n in range(_AWS_TRIES - 1))
+    return float(per_request * _WRITES_AFTER_AN_ANSWER)
 
 
 def build_deps(
@@ -47,7 +70,7 @@ def build_deps(
         crm=CrmHttpSender(
             pool_size=settings.push_concurrency, allow_private_networks=settings.push_allow_private_networks
         ),
-        delivery=DeliveryStateTable(dynamodb, settings.push_state_table),
+        state=DeliveryStateTable(dynamodb, settings.push_state_table),
         retry_queue=SqsRetryQueue(
             settings.retry_queue_url,
             session=session,
@@ -62,6 +85,8 @@ def build_deps(
         claim_lease_seconds=settings.claim_lease_seconds,
         # Clients are made on the first reference; most bots have none.
         secrets=StoreSecretResolver(),
+        secrets_name_prefix=settings.secrets_name_prefix,
+        parameters_path_prefix=settings.parameters_path_prefix,
         # Circuit breaker and rate limit per destination (contract §10), in the delivery-state table.
         gate=state_table_gate(dynamodb, settings.push_state_table, count_metric=count_metric),
     )

@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from crm_push.config import BotConfig, load_bot_config
 from crm_push.errors import StorageError
+from crm_push.result_log import attempts_before, entries_after, moves_forward, shown_attempts
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +74,53 @@ class CallsTable:
         """Set the result, append the attempts to ``integration_log`` and one event to ``events``.
 
         ``list_append`` on the server keeps entries other writers add
-        meanwhile. The condition makes a repeated write (a lost answer that
-        botocore re-sends, a crash replayed from the retry queue) a no-op:
-        the stored result must be older (fewer attempts, or as many and
-        another time). Returns False when the write was already made or the
-        call is gone.
+        meanwhile. The write follows ``result_log``: it is conditional on the
+        stored result moving forward, and on the stored result naming the
+        attempt just before the first entry, so that each attempt is appended
+        once. When the call shows another attempt than that, the item as it
+        was (returned by the refused write) says which entries it lacks, and
+        the write is made again with only those. Returns False when the
+        result would not move forward (already written, older, or a result
+        from before durable delivery) or the call is gone.
         """
+        known = None if force else attempts_before(entries)
+        for _ in range(3):
+            appended = entries if known is None else entries_after(entries, known)
+            written = self._write_outcome(call_id, result, appended, event, force, known)
+            if isinstance(written, bool):
+                return written
+            stored = written.get(RESULT_ATTRIBUTE)
+            if not written or not moves_forward(stored, result):
+                log.info("call outcome already recorded (or call gone)", extra={"call_id": call_id})
+                return False
+            known = shown_attempts(stored)
+        return False  # three concurrent writers moved it on under us: theirs are newer
+
+    def _write_outcome(
+        self,
+        call_id: str,
+        result: dict[str, Any],
+        entries: list[dict[str, Any]],
+        event: dict[str, Any],
+        force: bool,
+        known: int | None,
+    ) -> bool | dict[str, Any]:
+        """One conditional write; the item as it was (a dict) when the condition refused it."""
         condition = "attribute_exists(call_id)"
         values: dict[str, Any] = {}
         if not force:
-            condition += (
-                " AND (attribute_not_exists(#result) OR #result.attempts < :attempts"
-                " OR (#result.attempts = :attempts AND #result.pushed_at <> :pushed_at))"
+            forward = (
+                "(#result.attempts < :attempts OR (#result.attempts = :attempts AND #result.pushed_at < :pushed_at))"
             )
+            if known is None:
+                condition += f" AND (attribute_not_exists(#result) OR {forward})"
+            elif known == 0:
+                condition += f" AND (attribute_not_exists(#result) OR (#result.attempts = :known AND {forward}))"
+            else:
+                condition += f" AND #result.attempts = :known AND {forward}"
             values = {":attempts": result.get("attempts", 0), ":pushed_at": result.get("pushed_at", "")}
+            if known is not None:
+                values[":known"] = known
         updates: list[tuple[str, dict[str, Any]]] = [
             (
                 "SET #result = :result,"
@@ -109,12 +143,12 @@ class CallsTable:
                     ConditionExpression=condition,
                     ExpressionAttributeNames={"#result": RESULT_ATTRIBUTE},
                     ExpressionAttributeValues=to_item({**update_values, **values}),
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
                 if code == "ConditionalCheckFailedException":
-                    log.info("call outcome already recorded (or call gone)", extra={"call_id": call_id})
-                    return False
+                    return from_item(exc.response.get("Item") or {})
                 if code == "ValidationException" and step + 1 < len(updates):
                     log.error(
                         "call outcome does not fit as a whole; recording less of it",
@@ -210,11 +244,15 @@ class BotsTable:
     def __init__(self, client: Any, table_name: str, ttl_seconds: int = 60) -> None:
         self._provider = _BotItemProvider(client, table_name)
         self._ttl = ttl_seconds
-        # Concurrent workers asking for the same cold bot must cost one read, not one each.
-        self._lock = threading.Lock()
+        # Concurrent workers asking for the same cold bot must cost one read, not one each; a lock per
+        # bot, so that a slow read of one bot never holds up the workers pushing another's calls.
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     def get_bot(self, bot_id: str) -> BotConfig | None:
-        with self._lock:
+        with self._locks_guard:
+            lock = self._locks.setdefault(bot_id, threading.Lock())
+        with lock:
             try:
                 item = self._provider.get(bot_id, max_age=self._ttl)
             except Exception as exc:  # Powertools wraps every provider error in GetParameterError
@@ -222,9 +260,6 @@ class BotsTable:
         if not isinstance(item, dict) or not item:
             return None
         return load_bot_config(item, bot_id)
-
-    def clear_cache(self) -> None:
-        self._provider.clear_cache()  # type: ignore[no-untyped-call]
 
 
 def reduced_result(result: dict[str, Any]) -> dict[str, Any]:

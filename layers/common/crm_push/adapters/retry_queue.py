@@ -2,12 +2,12 @@
 
 SQS delays one message by at most 15 minutes; a longer wait is carried in
 hops: the handler puts a message that arrives before its due time back for
-the rest of it (``push.py`` decides, this only sends).
+the rest of it (``flow.py`` decides, this only sends). What a message holds is
+``messages.py``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from typing import Any
@@ -16,10 +16,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from crm_push.adapters.dynamodb import aws_error
 from crm_push.errors import QueueError
-from crm_push.jsonvalues import to_json
+from crm_push.messages import encode
 
 MAX_DELAY_SECONDS = 900
-MESSAGE_VERSION = 1
 
 
 class SqsRetryQueue:
@@ -52,19 +51,8 @@ class SqsRetryQueue:
 
     def schedule(self, message: dict[str, Any], delay_seconds: float) -> None:
         delay = min(self._max_delay, max(0, math.ceil(delay_seconds)))
-        body = to_json({"v": MESSAGE_VERSION, **message})
+        body = encode(message)
         try:
             self._sqs().send_message(QueueUrl=self._url, MessageBody=body, DelaySeconds=delay)
         except (ClientError, BotoCoreError) as exc:
             raise QueueError(f"scheduling call {message.get('call_id')} failed: {aws_error(exc)}") from exc
-
-
-def decode_message(body: str) -> dict[str, Any]:
-    """A retry message's body as sent by ``schedule``; ValueError when it is not one."""
-    try:
-        message = json.loads(body)
-    except ValueError as exc:
-        raise ValueError("retry message is not JSON") from exc
-    if not isinstance(message, dict):
-        raise ValueError("retry message is not a JSON object")
-    return message

@@ -1,9 +1,10 @@
 """The delivery-state table (``PUSH_STATE_TABLE``): claims, attempts and schedule of each call's delivery.
 
-Kept off the call item so that bookkeeping never rewrites a 50 KB call: an
-item here stays under 1 KB for a whole delivery (one write unit a write),
-which is why attempt entries awaiting the call item are stored with short
-keys.
+Kept off the call item so that bookkeeping never rewrites a 50 KB call. Attempt
+entries awaiting the call item are stored with short keys and the CRM's body cut
+to ``PENDING_BODY_CHARS``: a delivery's item stays a few write units even with
+an HTML error page on every attempt (the full body of the latest attempt is on
+the call item's result).
 
 Item ``delivery#<call_id>``:
 
@@ -14,7 +15,9 @@ Item ``delivery#<call_id>``:
 ``st``          ``scheduled`` (another attempt is due at ``due``) or ``done``
 ``due``         epoch seconds of the next attempt
 ``written``     the call item already carries a result of this delivery
-``log``         attempt entries not yet appended to the call's ``integration_log``
+``log``         attempt entries not yet appended to the call's ``integration_log``;
+                with ``written`` false, attempts the CRM answered whose call
+                write failed ("answered, not yet written")
 ``by``          the trigger whose attempt wrote this state (see ``push.push_call``)
 ``expires_at``  TTL: the item goes a month after its last write
 ==============  ===========================================================
@@ -28,10 +31,12 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from crm_push.adapters.dynamodb import aws_error, from_item, to_item
+from crm_push.clock import lease_is_live
 from crm_push.errors import AlreadyPushed, ClaimHeld, NotDue, StorageError
-from crm_push.push import DeliveryState, DeliveryUpdate
+from crm_push.ports import DeliveryState, DeliveryUpdate
 
 RETENTION_SECONDS = 30 * 86400
+PENDING_BODY_CHARS = 200
 
 # Attempt entries kept here until the call item is next written: short keys keep the item small.
 _SHORT_KEYS = {
@@ -61,18 +66,17 @@ _FULL_ENTRY_DEFAULTS: dict[str, Any] = {
 }
 
 
-# The same for every attempt of one delivery: the core restores them from the result it writes with.
-_SHARED_KEYS = frozenset({"type", "url", "method", "recording_link"})
-
-
 def compact_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    return {
-        _SHORT_KEYS.get(k, k): v for k, v in entry.items() if v is not None and v is not False and k not in _SHARED_KEYS
-    }
+    """An entry as kept here. Each keeps its own url, method and recording link: an operator may change
+    the config mid-ladder, and the log must say where each attempt really went (audit #19)."""
+    compact = {_SHORT_KEYS.get(k, k): v for k, v in entry.items() if v is not None and v is not False}
+    if isinstance(compact.get("b"), str):
+        compact["b"] = compact["b"][:PENDING_BODY_CHARS]
+    return compact
 
 
 def expand_entry(stored: dict[str, Any]) -> dict[str, Any]:
-    entry = {**_FULL_ENTRY_DEFAULTS, **{_LONG_KEYS.get(k, k): v for k, v in stored.items()}}
+    entry = {"type": "post_call_push", **_FULL_ENTRY_DEFAULTS, **{_LONG_KEYS.get(k, k): v for k, v in stored.items()}}
     for key in ("http_status", "duration_ms", "attempts"):
         if entry.get(key) is not None:
             entry[key] = int(entry[key])
@@ -151,29 +155,43 @@ class DeliveryStateTable:
             attempts=int(old.get("attempts") or 0),
             status="done" if old.get("st") == "done" else "scheduled" if old.get("st") == "scheduled" else "new",
             call_written=bool(old.get("written")),
-            unwritten=tuple(expand_entry(e) for e in old.get("log") or () if isinstance(e, dict)),
+            unwritten=_entries(old),
             taken_over=holder is not None and holder != claim_id,
-            last_trigger=old.get("by"),
         )
 
     @staticmethod
     def _refusal(call_id: str, claim_id: str, old: dict[str, Any], now: int, force: bool) -> Exception:
         """Why the claim's condition failed, read from the item as it was."""
-        if not force and old.get("st") == "done":
-            return AlreadyPushed(f"call {call_id} was already delivered")
+        attempts = int(old.get("attempts") or 0)
+        done = old.get("st") == "done"
+        # Entries the call item never got: all of them once the delivery ended, and before that
+        # only while its first outcome is missing (later ones wait for the end by design).
+        pending = _entries(old) if done or not old.get("written") else ()
+        if not force and done:
+            return AlreadyPushed(f"call {call_id} was already delivered", pending=pending, attempts=attempts)
         lease = old.get("lease_until")
-        if lease is not None and int(lease) >= now and old.get("claim_id") != claim_id:
+        if lease is not None and lease_is_live(lease, now) and old.get("claim_id") != claim_id:
             return ClaimHeld(f"call {call_id} is being pushed by another invocation", until=int(lease))
         due = old.get("due")
         if due is not None:
-            return NotDue(f"call {call_id} has its next attempt scheduled", due=int(due), scheduled_by=old.get("by"))
+            return NotDue(
+                f"call {call_id} has its next attempt scheduled",
+                due=int(due),
+                scheduled_by=old.get("by"),
+                pending=pending,
+                attempts=attempts,
+            )
         return ClaimHeld(f"call {call_id} could not be claimed", until=None)
 
-    def save(self, call_id: str, claim_id: str, update: DeliveryUpdate, now: datetime) -> bool:
-        """Record the attempt and release the claim, only while this push still holds it."""
+    def save(self, call_id: str, claim_id: str | None, update: DeliveryUpdate, now: datetime) -> bool:
+        """Record the attempt and release the claim.
+
+        While this push holds its claim, or whenever the update carries more
+        attempts than the item (an answered attempt is recorded even after its
+        lease ran out, and a late copy with fewer changes nothing).
+        """
         epoch = int(now.timestamp())
         values: dict[str, Any] = {
-            ":me": claim_id,
             ":attempts": update.attempts,
             ":st": update.status,
             ":written": update.call_written,
@@ -190,12 +208,16 @@ class DeliveryStateTable:
             values[":due"] = int(update.due.timestamp())
         else:
             removes += ", #due"
+        condition = "attribute_not_exists(#attempts) OR #attempts < :attempts"
+        if claim_id is not None:
+            condition = f"#claim = :me OR {condition}"
+            values[":me"] = claim_id
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key=delivery_key(call_id),
                 UpdateExpression=f"SET {sets} REMOVE {removes}",
-                ConditionExpression="#claim = :me",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={
                     "#claim": "claim_id",
                     "#lease": "lease_until",
@@ -209,6 +231,29 @@ class DeliveryStateTable:
                     **({"#by": "by"} if update.trigger is not None else {}),
                 },
                 ExpressionAttributeValues=to_item(values),
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise StorageError(f"recording the delivery of call {call_id} failed: {aws_error(exc)}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"recording the delivery of call {call_id} failed: {aws_error(exc)}") from exc
+        return True
+
+    def mark_written(self, call_id: str, attempts: int) -> bool:
+        """The call item now carries the delivery's attempts up to ``attempts``: nothing is pending.
+
+        Only while the delivery is still at that attempt: a later attempt's own
+        call write carried everything pending before it.
+        """
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=delivery_key(call_id),
+                UpdateExpression="SET #written = :true, #log = :empty",
+                ConditionExpression="#attempts = :attempts",
+                ExpressionAttributeNames={"#written": "written", "#log": "log", "#attempts": "attempts"},
+                ExpressionAttributeValues=to_item({":true": True, ":empty": [], ":attempts": attempts}),
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
@@ -247,3 +292,7 @@ class DeliveryStateTable:
         state = from_item(item)
         state["log"] = [expand_entry(e) for e in state.get("log") or () if isinstance(e, dict)]
         return state
+
+
+def _entries(item: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    return tuple(expand_entry(e) for e in item.get("log") or () if isinstance(e, dict))

@@ -1,0 +1,214 @@
+"""Building one push's HTTP request: credentials, recording link, variables, render, headers, body.
+
+Everything short of sending, and what ``preview`` shows. The url is parsed
+once (``push_url``): the request, the gate key, the stored ``url`` and the
+signature all come from that one parse (contract §12).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from crm_push.config import BotConfig, PostCallPushConfig, SecretRef, check_header
+from crm_push.errors import ConfigError, PayloadTooLarge
+from crm_push.jsonvalues import to_json, to_text
+from crm_push.ports import MAX_PAYLOAD_BYTES, USER_AGENT, GateKey, PushDeps, PushRequest, SecretResolver
+from crm_push.push_url import PushUrl, parse_push_url
+from crm_push.recording import RecordingLinkMode, select_recording_url
+from crm_push.secrets import (
+    PushCredentials,
+    SecretUnavailable,
+    resolve_push_credentials,
+    scoped_resolver,
+    secret_values,
+)
+from crm_push.signing import signed_content, webhook_headers
+from crm_push.templates import compile_template
+from crm_push.variables import build_push_variables, parse_utc_timestamp
+
+
+class NoSecretStore:
+    """For deps without a secret store: a config that references one cannot be pushed."""
+
+    def resolve(self, ref: SecretRef, *, fresh: bool = False) -> str:
+        raise SecretUnavailable(f"{ref.describe()}: no secret store is configured here", transient=False)
+
+
+def resolver_for(bot: BotConfig, deps: PushDeps) -> SecretResolver:
+    """The bot's view of the secret stores: only references under its own scope resolve (contract §12)."""
+    return scoped_resolver(
+        deps.secrets or NoSecretStore(), bot.scope, deps.secrets_name_prefix, deps.parameters_path_prefix
+    )
+
+
+def push_url_of(config: PostCallPushConfig, resolver: SecretResolver, *, fresh: bool = False) -> PushUrl:
+    """The destination, parsed once; a url kept in a store is resolved first and shown only as its origin.
+
+    Raises ConfigError (no url, or not a usable one) or SecretUnavailable.
+    """
+    if config.url is None:
+        raise ConfigError("post_call_push has no url")
+    if isinstance(config.url, SecretRef):
+        return parse_push_url(resolver.resolve(config.url, fresh=fresh), from_reference=True)
+    return parse_push_url(config.url)
+
+
+def gate_key_of(bot: BotConfig, deps: PushDeps) -> GateKey | None:
+    """The (destination, scope) whose circuit and rate limit the bot's pushes go through; None when unknown."""
+    if bot.push is None or bot.push.url is None:
+        return None
+    try:
+        return GateKey(push_url_of(bot.push, resolver_for(bot, deps)).destination, bot.scope)
+    except (ConfigError, SecretUnavailable):
+        return None
+
+
+def recorded_url_of(config: PostCallPushConfig | None) -> str:
+    """What a result names as the url before the url itself could be read (a reference shows as its name)."""
+    if config is None or config.url is None:
+        return ""
+    if isinstance(config.url, SecretRef):
+        return ""
+    try:
+        return parse_push_url(config.url).recorded
+    except ConfigError:
+        return ""
+
+
+def build_headers(
+    config: PostCallPushConfig,
+    credentials: PushCredentials,
+    variables: Mapping[str, Any],
+    call_id: str,
+    target: PushUrl,
+) -> tuple[dict[str, str], frozenset[str]]:
+    """Our headers, then the config's: ``headers`` if set (plaintext ones are templates), else the token.
+
+    Returns the headers and the values rendered into them from call data: a
+    header is a credential by contract (§9), whatever filled it, so those
+    values are scrubbed from the CRM's echo too (contract §12).
+    """
+    headers = {"User-Agent": USER_AGENT, "Idempotency-Key": call_id}
+    rendered: set[str] = set()
+    if config.method != "GET":
+        headers["Content-Type"] = "application/json"
+    basic = target.basic_auth
+    if basic is not None:
+        headers["Authorization"] = basic
+    if credentials.headers is not None:
+        for name, configured in credentials.headers.items():
+            # A value from a secret store is used verbatim: never rendered as a template (contract §11).
+            if name in credentials.verbatim_headers:
+                value = configured
+            else:
+                value = compile_template(configured).render(variables, drop_unresolved=True)
+                check_header(name, value)  # a templated value must not smuggle CR/LF in either
+                if value != configured:
+                    rendered.add(value)
+            check_latin1_header(name, value)
+            headers[name] = value
+    elif credentials.token:
+        headers["Authorization"] = credentials.token
+    return headers, frozenset(rendered)
+
+
+def check_latin1_header(name: str, value: str) -> None:
+    """HTTP/1.1 carries header values as Latin-1 bytes; anything else cannot be sent faithfully.
+
+    RFC 8187 encoding is defined only for parameters of particular headers,
+    and a CRM would not decode it on an arbitrary one: such a value belongs in
+    the payload, so the config is at fault.
+    """
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"header {name} has characters HTTP headers cannot carry (outside Latin-1); map that value into the"
+            " payload instead"
+        ) from None
+
+
+def encode_body(config: PostCallPushConfig, target: PushUrl, payload: dict[str, Any]) -> tuple[str, bytes | None]:
+    """The request target and body for a rendered payload: JSON body, or query parameters for GET."""
+    if config.method == "GET":
+        from urllib.parse import urlencode
+
+        params = [(k, to_json(v) if isinstance(v, (dict, list)) else to_text(v)) for k, v in payload.items()]
+        url = target.request_url(urlencode(params))
+        size = len(url)
+        body = None
+    else:
+        url, body = target.request_url(), to_json(payload).encode("utf-8")
+        size = len(body)
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes, so it was not sent")
+    return url, body
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPush:
+    request: PushRequest
+    payload: dict[str, Any]
+    variables: dict[str, Any]
+    recording_link: RecordingLinkMode
+    target: PushUrl
+    secret_values: frozenset[str] = field(default=frozenset(), repr=False)
+    """Every credential of this push (resolved ones, url ones, rendered header values): scrubbed from echoes."""
+    uses_references: bool = False
+    """Some credential came from a store: a 401/403 is worth one fresh read (a rotation) before giving up."""
+
+
+def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, *, fresh: bool = False) -> PreparedPush:
+    """Credentials, recording URL, variables, render, request: everything short of sending.
+
+    ``fresh`` reads every reference from its store again, past the cache.
+    Raises ConfigError, or SecretUnavailable when a referenced credential cannot be had.
+    """
+    config = bot.push
+    if config is None or config.url is None:
+        raise ConfigError(bot.push_error or "no push config")
+    resolver = resolver_for(bot, deps)
+    if fresh:
+        resolver = _FreshReads(resolver)
+    target = push_url_of(config, resolver)
+    credentials = resolve_push_credentials(config, resolver)
+    recording_url, link_mode = select_recording_url(
+        call_doc, public_base_url=deps.public_base_url, recordings_bucket=deps.recordings_bucket, presign=deps.presign
+    )
+    variables = build_push_variables(
+        call_doc, {"recording_url": recording_url, "analysis_keys": list(bot.analysis_keys)}, bot.timezone
+    )
+    payload = config.compiled_key_mapper.render(variables, drop_unresolved=True)
+    call_id = str(call_doc.get("call_id", ""))
+    headers, rendered_headers = build_headers(config, credentials, variables, call_id, target)
+    url, body = encode_body(config, target, payload)
+    if credentials.signing_secrets:
+        signed_at = int(deps.clock().timestamp())
+        headers.update(
+            webhook_headers(call_id, signed_at, signed_content(config.method, url, body), credentials.signing_secrets)
+        )
+    request = PushRequest(call_id, config.method, url, headers, body, target.recorded)
+    known = secret_values(credentials) | target.credential_values() | rendered_headers
+    uses_references = bool(config.references) or isinstance(config.url, SecretRef)
+    return PreparedPush(request, payload, variables, link_mode, target, known, uses_references)
+
+
+class _FreshReads:
+    """A resolver that reads every reference from its store again (after a 401/403: a rotated credential)."""
+
+    def __init__(self, inner: SecretResolver) -> None:
+        self._inner = inner
+
+    def resolve(self, ref: SecretRef, *, fresh: bool = False) -> str:
+        return self._inner.resolve(ref, fresh=True)
+
+
+def seconds_since_start(call_doc: Mapping[str, Any], now: datetime) -> Decimal:
+    start = parse_utc_timestamp(call_doc.get("start_time"))
+    if start is None:
+        return Decimal(0)
+    return Decimal(str(round((now - start).total_seconds(), 3)))

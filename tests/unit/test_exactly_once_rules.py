@@ -1,0 +1,273 @@
+"""Contract §12 at the core, one audit finding a test: an answered attempt is never made again, results
+never go backwards, a final result ends the delivery, a stopped delivery ends visibly.
+
+Each test failed on main at 9f35516 (the audit's repro scripts show the same scenarios); the
+integration tier repeats the first two on DynamoDB Local and moto SQS (test_exactly_once.py).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from crm_push.errors import StorageError
+from crm_push.ports import GateKey, HeldBack, Replay, SendOutcome
+from crm_push.push import handle_retry_message, push_call
+from tests.fakes import InMemoryCalls, InMemoryDelivery
+from tests.unit.test_delivery import DOWN, OK, FailingWrites, World
+
+LEASE = 240  # the template's CLAIM_LEASE_SECONDS
+VISIBILITY = 720  # the template's retry queue VisibilityTimeout
+
+
+def post_call_push_entries(world: World) -> list[tuple[int, str]]:
+    return [
+        (e["attempts"], e["status"]) for e in world.stored.get("integration_log", []) if e["type"] == "post_call_push"
+    ]
+
+
+def world_with_throttled_call_writes(call: dict[str, Any], bot: dict[str, Any], *outcomes: SendOutcome) -> World:
+    world = World(call, bot, *outcomes)
+    world.calls = FailingWrites(call, failures=2)
+    world.deps.calls = world.calls
+    world.deps.claim_lease_seconds = LEASE
+    return world
+
+
+def test_audit_1_an_accepted_push_whose_write_back_is_throttled_twice_is_not_sent_again(call, bot):
+    world = world_with_throttled_call_writes(call, bot, OK)
+    # The CRM answers 200; the call write is throttled: the state keeps the answer, a record message the write.
+    assert push_call(world.call_id, world.deps, call_doc=call, trigger="stream:E1").outcome == "pushed"
+    assert world.deps.state.items[world.call_id]["attempts"] == 1
+    [record] = world.queue.take()
+    assert record.message["kind"] == "record"
+    # The record message's first receive is throttled too: it comes back in seconds, not after 720 s.
+    assert handle_retry_message(record.message, world.deps, "R").outcome == "record_deferred"
+    [retried] = world.queue.take()
+    assert retried.delay_seconds < LEASE
+    # Another trigger inside the lease, and a check after it: neither sends.
+    world.clock.advance(10)
+    assert push_call(world.call_id, world.deps, trigger="eventbridge:X").outcome == "already_pushed"
+    world.clock.advance(LEASE)
+    assert push_call(world.call_id, world.deps, trigger="sqs:check").outcome == "already_pushed"
+    # The record message, late or duplicated, changes nothing.
+    world.clock.advance(VISIBILITY)
+    handle_retry_message(retried.message, world.deps, "R")
+    handle_retry_message(record.message, world.deps, "R")
+    assert len(world.crm.requests) == 1
+    assert post_call_push_entries(world) == [(1, "ok")]
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 1)
+
+
+def test_audit_1_a_retryable_first_attempt_with_throttled_writes_is_attempted_once_per_attempt(call, bot):
+    world = world_with_throttled_call_writes(call, bot, DOWN, OK)
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:E1")
+    # The invocation waited its 5 s and made attempt 2 itself, from the saved state.
+    assert len(world.crm.requests) == 2
+    for message in world.queue.take():  # both record messages, late and in any order
+        world.clock.advance(VISIBILITY)
+        handle_retry_message(message.message, world.deps, "R")
+    world.drain()
+    assert len(world.crm.requests) == 2
+    assert post_call_push_entries(world) == [(1, "rejected"), (2, "ok")]
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 2)
+
+
+def test_audit_2_a_late_record_never_takes_a_final_result_backwards(call, bot):
+    calls = InMemoryCalls(call)
+    cid = call["call_id"]
+    newer = {"status": "ok", "attempts": 1, "pushed_at": "2026-11-25T09:40:00.000Z", "next_attempt_at": None}
+    older = {"status": "rejected", "attempts": 1, "pushed_at": "2026-11-25T09:33:00.000Z", "next_attempt_at": "x"}
+    assert calls.write_outcome(cid, newer, [], {}, False)
+    assert not calls.write_outcome(cid, older, [], {}, False)
+    assert not calls.write_outcome(cid, {**newer, "attempts": 0}, [], {}, False)
+    assert calls.items[cid]["post_call_push_result"]["status"] == "ok"
+
+
+def test_audit_2_a_late_state_update_never_takes_the_delivery_backwards(call, bot):
+    world = World(call, bot, DOWN, DOWN, OK)
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+    world.drain()
+    state: InMemoryDelivery = world.deps.state
+    assert state.items[world.call_id]["attempts"] == 3
+    from crm_push.ports import DeliveryUpdate
+
+    stale = DeliveryUpdate(
+        attempts=1, status="scheduled", due=world.clock.now, call_written=True, unwritten=(), trigger="x"
+    )
+    assert not state.save(world.call_id, None, stale, world.clock.now)
+    assert state.items[world.call_id]["st"] == "done"
+
+
+@pytest.mark.parametrize(
+    "legacy_result",
+    [
+        {"status": "ok", "http_status": 200, "pushed_at": "2026-11-20T10:00:00Z"},  # before §10: no attempts
+        {"status": "rejected", "http_status": 400, "attempts": 1, "pushed_at": "2026-11-20T10:00:00.000Z"},
+    ],
+)
+def test_audit_10_a_final_result_on_the_call_stops_every_trigger_whatever_the_state_table_holds(
+    call, bot, legacy_result
+):
+    call["post_call_push_result"] = legacy_result
+    world = World(call, bot)  # an empty state table: expired, recreated, or never written by this version
+    for trigger in ("stream:1", "eventbridge:e1", "sqs:m1"):
+        assert push_call(world.call_id, world.deps, call_doc=call, trigger=trigger).outcome == "already_pushed"
+    assert world.crm.requests == []
+    assert world.result == legacy_result
+    # An operator's replay is the one way to push it again.
+    replayed = push_call(world.call_id, world.deps, replay=Replay(by="ops", reason="mapping fixed"))
+    assert replayed.outcome == "pushed"
+    assert len(world.crm.requests) == 1
+
+
+def test_audit_10_a_scheduled_result_with_more_attempts_than_the_state_knows_is_adopted(call, bot):
+    world = World(call, bot, OK)
+    due = world.clock.now + timedelta(seconds=300)
+    call["post_call_push_result"] = {
+        "status": "rejected",
+        "attempts": 3,
+        "pushed_at": "2026-11-25T09:00:00.000Z",
+        "next_attempt_at": due.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+    }
+    world.calls.items[world.call_id] = dict(call)
+    assert push_call(world.call_id, world.deps, trigger="eventbridge:e1").outcome == "scheduled"
+    assert world.crm.requests == []
+    world.drain()
+    assert len(world.crm.requests) == 1
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 4)
+
+
+@pytest.mark.parametrize("stop", ["skip_post_push", "config_removed"])
+def test_audit_16_a_delivery_stopped_mid_ladder_ends_visibly(call, bot, stop):
+    world = World(call, bot, DOWN)
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")  # attempts 1 and 2 (after 5 s)
+    assert world.result["next_attempt_at"] is not None
+    sent = len(world.crm.requests)
+    if stop == "skip_post_push":
+        world.calls.items[world.call_id]["skip_post_push"] = True
+    else:
+        world.deps.bots.bots[bot["bot_id"]] = {"bot_id": bot["bot_id"]}
+    assert world.drain() == ["stopped"]
+    assert len(world.crm.requests) == sent
+    result = world.result
+    assert result["next_attempt_at"] is None
+    assert result["status"] == "rejected"  # it still describes the latest attempt
+    assert f"delivery stopped after {sent} attempt(s)" in result["error"]
+    assert world.deps.state.items[world.call_id]["st"] == "done"
+    assert world.stored["integration_log"][-1]["type"] == "post_call_push_stopped"
+    assert world.queue.messages == []
+
+
+def test_audit_21_a_replay_held_by_an_open_circuit_without_a_queue_strands_nothing(call, bot):
+    class OpenCircuit:
+        def held_until(self, key: GateKey) -> Any:
+            return None
+
+        def send(self, key: GateKey, rate: Any, send: Any) -> Any:
+            return HeldBack("circuit_open", world.clock.now + timedelta(seconds=60))
+
+    world = World(call, bot, OK)
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+    before = dict(world.deps.state.items[world.call_id])
+    world.deps.retry_queue = None
+    world.deps.gate = OpenCircuit()
+    outcome = push_call(world.call_id, world.deps, replay=Replay(by="ops", reason="again"))
+    assert outcome.outcome == "held_no_queue"
+    assert world.deps.state.items[world.call_id] == before  # still done, not "scheduled" with no message
+    assert world.result["status"] == "ok"
+
+
+def test_audit_22_a_lost_claim_is_reported_and_queues_nothing(call, bot):
+    class LosesClaims(InMemoryDelivery):
+        def save(self, call_id: str, claim_id: str | None, update: Any, now: Any) -> bool:
+            return False
+
+    world = World(call, bot, DOWN)
+    world.deps.state = LosesClaims()
+    outcome = push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+    assert outcome.outcome == "claim_lost"
+    assert world.queue.messages == []  # no wake-up from a push that no longer owns the delivery
+    assert len(world.crm.requests) == 1
+
+
+def test_audit_17_a_held_call_is_not_read_or_rendered_while_its_destination_holds_calls(call, bot):
+    class OpenFor:
+        def __init__(self, holds: int) -> None:
+            self.holds, self.sends = holds, 0
+
+        def held_until(self, key: GateKey) -> Any:
+            return world.clock.now + timedelta(seconds=60) if self.holds > 0 else None
+
+        def send(self, key: GateKey, rate: Any, send: Any) -> Any:
+            self.sends += 1
+            if self.holds > 0:
+                self.holds -= 1
+                return HeldBack("circuit_open", world.clock.now + timedelta(seconds=60))
+            return send()
+
+    class CountingCalls(InMemoryCalls):
+        reads = 0
+
+        def get_call(self, call_id: str) -> Any:
+            CountingCalls.reads += 1
+            return super().get_call(call_id)
+
+    world = World(call, bot, OK)
+    world.calls = CountingCalls(call)
+    world.deps.calls = world.calls
+    gate = OpenFor(holds=1)
+    world.deps.gate = gate
+    assert push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1").outcome == "held_back"
+    gate.holds = 5  # the outage goes on: five more wake-ups find it still open
+    outcomes = world.drain(limit=5)
+    assert outcomes == ["held_back"] * 5
+    assert CountingCalls.reads == 0
+    assert gate.sends == 1  # only the first, from the stream
+    gate.holds = 0
+    assert world.drain() == ["pushed"]
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 1)
+
+
+def test_audit_17_held_calls_wake_spread_over_the_window_not_in_one_second(call, bot):
+    class OpenUntil:
+        def __init__(self, until: Any) -> None:
+            self.until = until
+
+        def held_until(self, key: GateKey) -> Any:
+            return None
+
+        def send(self, key: GateKey, rate: Any, send: Any) -> Any:
+            return HeldBack("circuit_open", self.until)
+
+    wakes = []
+    for jitter in (0.0, 0.5, 0.99):
+        world = World(call, bot, OK)
+        world.deps.jitter = lambda j=jitter: j
+        world.deps.gate = OpenUntil(world.clock.now + timedelta(seconds=60))
+        push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+        [message] = world.queue.take()
+        wakes.append(round(message.delay_seconds))
+    assert wakes[0] < wakes[1] < wakes[2]
+    assert wakes[0] >= 60
+
+
+def test_a_state_save_that_fails_after_the_answer_rides_the_queue_and_is_applied_without_sending(call, bot):
+    class ThrottledOnce(InMemoryDelivery):
+        failures = 1
+
+        def save(self, call_id: str, claim_id: str | None, update: Any, now: Any) -> bool:
+            if self.failures:
+                self.failures -= 1
+                raise StorageError("ThrottlingException")
+            return super().save(call_id, claim_id, update, now)
+
+    world = World(call, bot, DOWN, OK)
+    world.deps.state = ThrottledOnce()
+    assert push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1").outcome == "record_deferred"
+    assert len(world.crm.requests) == 1
+    world.drain()  # the record message saves the state, then wakes the call for attempt 2
+    assert len(world.crm.requests) == 2
+    assert post_call_push_entries(world) == [(1, "rejected"), (2, "ok")]
