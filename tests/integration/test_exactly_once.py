@@ -22,6 +22,7 @@ from crm_push.adapters.dynamodb import from_item, to_item
 from crm_push.ports import UnguardedGate
 from scripts.local_crm import CrmAnswer, ReceivedRequest
 from scripts.local_stack import small_calls
+from scripts.make_events import results_stored_event
 from tests.conftest import LambdaContextStub, Stack, insert_event
 from tests.fakes import FakeClock
 from tests.retry_queue import drain, queued
@@ -307,3 +308,91 @@ def test_another_writer_appending_while_the_push_runs_loses_nothing(
     assert [e["type"] for e in stored["integration_log"]] == ["sms_gateway", "post_call_push"]
     assert stored["integration_log"][0] == other_log
     assert stored["post_call_push_result"]["status"] == "ok"
+
+
+# --- contract §12: an answered attempt is never made again, whatever fails after the answer ------------------
+
+
+def _template_value(pattern: str) -> int:
+    """A number as the deployed template sets it: these tests run with the template's own lease and visibility."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "template.yaml").read_text()
+    match = re.search(pattern, text)
+    assert match is not None, pattern
+    return int(match.group(1))
+
+
+TEMPLATE_LEASE_SECONDS = _template_value(r'CLAIM_LEASE_SECONDS: "(\d+)"')
+TEMPLATE_VISIBILITY_SECONDS = _template_value(r"VisibilityTimeout: (\d+)")
+
+
+class ThrottledTable:
+    """DynamoDB answering ProvisionedThroughputExceeded to ``times`` writes of one table, past botocore's retries.
+
+    Hooked on the handler's own client (botocore's before-call event), so everything between the handler and
+    DynamoDB Local is the real code path.
+    """
+
+    def __init__(self, client: Any, table: str, times: int) -> None:
+        self.table, self.times, self.refused = table, times, 0
+        client.meta.events.register("before-call.dynamodb.UpdateItem", self._maybe_refuse)
+
+    def _maybe_refuse(self, params: dict[str, Any], **_: Any) -> Any:
+        import json
+
+        if json.loads(params.get("body") or b"{}").get("TableName") != self.table or self.refused >= self.times:
+            return None
+        self.refused += 1
+
+        class Answer:
+            status_code = 400
+            headers: dict[str, str] = {}
+
+        error = {"Code": "ProvisionedThroughputExceededException", "Message": "Rate of requests exceeds the allowed"}
+        return Answer(), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 400}}
+
+
+@pytest.mark.parametrize("late_trigger", ["eventbridge", "stream"])
+def test_a_503_then_ok_with_the_write_back_throttled_twice_reaches_the_crm_once_per_attempt(
+    stack: Stack,
+    handler: Any,
+    sample_call: dict[str, Any],
+    sample_bot: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    late_trigger: str,
+) -> None:
+    # Given the template's lease, a CRM that answers 503 then 200, and a Calls table that throttles two writes
+    monkeypatch.setenv("CLAIM_LEASE_SECONDS", str(TEMPLATE_LEASE_SECONDS))
+    monkeypatch.setenv("RETRY_MAX_DELAY_SECONDS", "0")
+    answers = iter([503, 200])
+    stack.crm.responder = lambda _req: CrmAnswer(next(answers, 200))
+    stack.put_bot(sample_bot)
+    stack.put_call(sample_call)
+    call_id = sample_call["call_id"]
+    event = insert_event(sample_call)
+    deps, _ = handler.module._runtime()
+    clock = FakeClock()
+    deps.clock, deps.sleep, deps.gate = clock, clock.advance, UnguardedGate()
+    throttle = ThrottledTable(deps.calls._client, stack.calls_table, times=2)
+
+    # When the stream delivers the call (attempt 1: 503, attempt 2 after 5 s: 200, both call writes throttled)
+    assert handler(event) == {"batchItemFailures": []}
+    assert throttle.refused == 2
+    # and, after the lease and a visibility timeout, the call's EventBridge event or the stream record comes again
+    clock.advance(TEMPLATE_LEASE_SECONDS + 1)
+    if late_trigger == "eventbridge":
+        assert handler(results_stored_event(call_id, sample_bot["bot_id"]))["status"] == "already_pushed"
+    else:
+        assert handler(event) == {"batchItemFailures": []}
+    clock.advance(TEMPLATE_VISIBILITY_SECONDS)
+    drain(stack, handler, clock)  # the record messages, late: they write what is missing and send nothing
+
+    # Then the CRM saw exactly the two attempts, and the call says ok, each attempt logged once
+    stored = stack.get_call(call_id)
+    result = stored["post_call_push_result"]
+    assert (result["status"], result["attempts"]) == ("ok", 2)
+    assert len(stack.crm.requests) == 2
+    assert [(e["attempts"], e["status"]) for e in _push_log_entries(stored)] == [(1, "rejected"), (2, "ok")]
+    assert _delivery_state(stack, call_id)["st"] == "done"
+    assert queued(stack) == []

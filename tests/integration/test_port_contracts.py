@@ -15,7 +15,7 @@ import pytest
 
 from crm_push.adapters.crm_http import CrmHttpSender
 from crm_push.adapters.dynamodb import BotsTable, CallsTable
-from crm_push.adapters.retry_queue import SqsRetryQueue, decode_message
+from crm_push.adapters.retry_queue import SqsRetryQueue
 from crm_push.adapters.state import DeliveryStateTable
 from crm_push.errors import AlreadyPushed, ClaimHeld, NotDue
 from crm_push.ports import DeliveryUpdate, PushRequest, SendOutcome
@@ -52,17 +52,53 @@ def test_calls_read_an_item_or_none(calls: Any) -> None:
     assert calls.get_call("missing") is None
 
 
+def _entry(attempts: int) -> dict[str, Any]:
+    return {"type": "post_call_push", "attempts": attempts}
+
+
 def test_calls_write_an_outcome_once_and_a_later_one_after_it(calls: Any) -> None:
-    entry = {"type": "post_call_push", "attempts": 1}
     event = {"type": "post_call_push", "t": 1, "status": "rejected"}
-    assert calls.write_outcome("c1", _result(1, "t1"), [entry], event, False) is True
-    assert calls.write_outcome("c1", _result(1, "t1"), [entry], event, False) is False  # the same write again
+    assert calls.write_outcome("c1", _result(1, "t1"), [_entry(1)], event, False) is True
+    assert calls.write_outcome("c1", _result(1, "t1"), [_entry(1)], event, False) is False  # the same write again
     assert calls.write_outcome("c1", _result(0, "t0"), [], event, False) is False  # an older one
-    assert calls.write_outcome("c1", _result(3, "t3", "ok"), [entry, entry], event, False) is True
+    assert calls.write_outcome("c1", _result(3, "t3", "ok"), [_entry(2), _entry(3)], event, False) is True
     stored = calls.get_call("c1")
     assert stored["post_call_push_result"]["status"] == "ok"
-    assert len(stored["integration_log"]) == 3
+    assert [e["attempts"] for e in stored["integration_log"]] == [1, 2, 3]
     assert len(stored["events"]) == 2
+
+
+def test_calls_a_result_never_goes_backwards(calls: Any) -> None:
+    event = {"type": "post_call_push", "t": 1, "status": "ok"}
+    newer = {**_result(1, "2026-11-25T09:40:00.000Z", "ok"), "next_attempt_at": None}
+    older = {**_result(1, "2026-11-25T09:33:00.000Z"), "next_attempt_at": "2026-11-25T09:33:05.000Z"}
+    assert calls.write_outcome("c1", newer, [_entry(1)], event, False) is True
+    assert calls.write_outcome("c1", older, [_entry(1)], event, False) is False
+    assert calls.get_call("c1")["post_call_push_result"]["status"] == "ok"
+
+
+def test_calls_each_attempt_is_logged_once_whichever_writer_carries_it(calls: Any) -> None:
+    event = {"type": "post_call_push", "t": 1, "status": "rejected"}
+    # A late record message carries attempt 1; the next attempt's write carries 1 and 2: 1 is logged once,
+    # in whichever order they land.
+    assert calls.write_outcome("c1", _result(2, "t2", "ok"), [_entry(1), _entry(2)], event, False) is True
+    assert calls.write_outcome("c1", _result(1, "t1"), [_entry(1)], event, False) is False
+    assert [e["attempts"] for e in calls.get_call("c1")["integration_log"]] == [1, 2]
+
+
+def test_calls_entries_the_call_already_shows_are_not_appended_again(calls: Any) -> None:
+    event = {"type": "post_call_push", "t": 1, "status": "rejected"}
+    assert calls.write_outcome("c1", _result(1, "t1"), [_entry(1)], event, False) is True
+    assert calls.write_outcome("c1", _result(2, "t2", "ok"), [_entry(1), _entry(2)], event, False) is True
+    assert [e["attempts"] for e in calls.get_call("c1")["integration_log"]] == [1, 2]
+
+
+def test_calls_a_result_from_before_durable_delivery_is_final_but_for_a_replay(calls: Any) -> None:
+    legacy = {"status": "ok", "http_status": 200, "pushed_at": "2026-11-20T10:00:00Z"}
+    calls.write_outcome("c1", legacy, [], {"type": "x"}, True)
+    assert calls.write_outcome("c1", _result(1, "t1"), [_entry(1)], {"type": "x"}, False) is False
+    assert calls.get_call("c1")["post_call_push_result"] == legacy
+    assert calls.write_outcome("c1", _result(1, "t1"), [_entry(1)], {"type": "x"}, True) is True
 
 
 def test_calls_forced_writes_apply_whatever_is_stored(calls: Any) -> None:
@@ -112,7 +148,7 @@ def test_delivery_a_scheduled_attempt_is_not_due_before_its_time(delivery: Any) 
         delivery.claim("c1", "b", "sqs:m1", NOW + timedelta(seconds=10), 60, False)
     assert (early.value.due, early.value.scheduled_by) == (int(NOW.timestamp()) + 300, "stream:1")
     state = delivery.claim("c1", "b", "sqs:m1", NOW + timedelta(seconds=300), 60, False)
-    assert (state.attempts, state.status, state.call_written, state.last_trigger) == (2, "scheduled", True, "stream:1")
+    assert (state.attempts, state.status, state.call_written) == (2, "scheduled", True)
     assert [(e["attempts"], e["http_status"], e["status"]) for e in state.unwritten] == [(2, 503, "rejected")]
 
 
@@ -128,7 +164,32 @@ def test_delivery_a_dead_holder_is_taken_over_after_its_lease(delivery: Any) -> 
     delivery.claim("c1", "dead", "stream:1", NOW, 60, False)
     state = delivery.claim("c1", "next", "stream:1", NOW + timedelta(seconds=61), 60, False)
     assert state.taken_over is True
-    assert delivery.save("c1", "dead", DeliveryUpdate(1, "done", None, True, (), None), NOW) is False
+    # Its lease is gone, but an attempt it saw answered is still recorded (contract §12); nothing less is.
+    assert delivery.save("c1", "dead", DeliveryUpdate(0, "done", None, True, (), None), NOW) is False
+    assert delivery.save("c1", "dead", DeliveryUpdate(1, "done", None, True, (), None), NOW) is True
+
+
+def test_delivery_saves_never_go_backwards(delivery: Any) -> None:
+    delivery.claim("c1", "a", "stream:1", NOW, 60, False)
+    assert delivery.save("c1", "a", DeliveryUpdate(2, "done", None, True, (), "stream:1"), NOW) is True
+    late = DeliveryUpdate(1, "scheduled", NOW + timedelta(seconds=5), False, (_entry(1),), "stream:1")
+    assert delivery.save("c1", None, late, NOW) is False
+    with pytest.raises(AlreadyPushed):
+        delivery.claim("c1", "b", "stream:2", NOW, 60, False)
+
+
+def test_delivery_answered_but_unwritten_attempts_come_back_with_a_refusal_until_marked_written(delivery: Any) -> None:
+    delivery.claim("c1", "a", "stream:1", NOW, 60, False)
+    pending = {"status": "ok", "http_status": 200, "attempts": 1, "pushed_at": "t1", "url": "https://crm/x"}
+    delivery.save("c1", "a", DeliveryUpdate(1, "done", None, False, (pending,), "stream:1"), NOW)
+    with pytest.raises(AlreadyPushed) as refused:
+        delivery.claim("c1", "b", "eventbridge:1", NOW, 60, False)
+    assert [(e["attempts"], e["status"], e["url"]) for e in refused.value.pending] == [(1, "ok", "https://crm/x")]
+    assert delivery.mark_written("c1", 2) is False  # not the attempt the delivery is at
+    assert delivery.mark_written("c1", 1) is True
+    with pytest.raises(AlreadyPushed) as again:
+        delivery.claim("c1", "c", "eventbridge:2", NOW, 60, False)
+    assert again.value.pending == ()
 
 
 def test_delivery_a_released_claim_frees_the_call(delivery: Any) -> None:
@@ -204,7 +265,7 @@ def queue_side(request: pytest.FixtureRequest) -> tuple[Any, Callable[[], list[d
 
     def received() -> list[dict[str, Any]]:
         response = stack.sqs.receive_message(QueueUrl=stack.retry_queue_url, MaxNumberOfMessages=10)
-        return [decode_message(m["Body"]) for m in response.get("Messages", [])]
+        return [json.loads(m["Body"]) for m in response.get("Messages", [])]
 
     return real, received
 
