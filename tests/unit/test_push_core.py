@@ -59,7 +59,7 @@ def test_no_url_records_skipped_and_sends_nothing(call, bot):
 @pytest.mark.parametrize(
     ("change", "expected_error"),
     [
-        ({"method": "PUT"}, "method"),
+        ({"method": "DELETE"}, "method"),
         ({"url": "ftp://crm.example.com/in"}, "scheme"),
         ({"key_mapper": ["not", "a", "map"]}, "key_mapper"),
         ({"headers": {"X-Key": "a\r\nInjected: yes"}}, "control character"),

@@ -26,6 +26,7 @@ from crm_push.ports import (
     PushStatus,
     SendOutcome,
 )
+from crm_push.presets import AnswerReading, classify_answer
 from crm_push.redaction import scrub
 from crm_push.request import PreparedPush, prepare_push, recorded_url_of
 from crm_push.secrets import SecretUnavailable
@@ -52,6 +53,8 @@ class AttemptOutcome:
     retry_after: str | None = None
     deferred: bool = False  # not sent after all (the deadline came first): no attempt, no outcome
     held: HeldBack | None = None  # not sent: the destination is being spared
+    quota_until: datetime | None = None  # the CRM says the tenant's allowance is spent until then (contract §14)
+    gate_key: GateKey | None = None  # the (destination, scope) it went to, from the one parse of its url
 
 
 def new_result(
@@ -79,14 +82,14 @@ def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, att
     if config is None:
         error = bot.push_error or "invalid post_call_push config"
         return AttemptOutcome(new_result(bot, "failed", now=now, error=error, error_kind="config", **counted))
-    if config.url is None:
+    if not config.has_destination:
         error = "post_call_push has no url"
         return AttemptOutcome(new_result(bot, "skipped", now=now, error=error, error_kind="config", **counted))
     prepared_or_failure = _prepare(call_doc, bot, deps, attempts_before, fresh=False)
     if isinstance(prepared_or_failure, AttemptOutcome):
         return prepared_or_failure
     prepared = prepared_or_failure
-    key = GateKey(prepared.target.destination, bot.scope)
+    key = GateKey(prepared.destination.target.destination, bot.scope)
 
     def send() -> SendOutcome:
         sent = deps.crm.send(prepared.request, deps.deadline())
@@ -107,8 +110,8 @@ def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, att
             recording_link=prepared.recording_link,
             **counted,
         )
-        return AttemptOutcome(held, held=sent)
-    return _outcome(bot, deps, prepared, sent, attempts_before)
+        return AttemptOutcome(held, held=sent, gate_key=key)
+    return replace(_outcome(bot, deps, prepared, sent, attempts_before), gate_key=key)
 
 
 def _prepare(
@@ -154,28 +157,42 @@ def _resend_with_fresh_credentials(
 
 
 def _outcome(bot: BotConfig, deps: PushDeps, prepared: PreparedPush, sent: SendOutcome, before: int) -> AttemptOutcome:
-    status = status_for(sent)
-    kind = sent.error_kind
-    if status == "rejected" and kind is None:
-        kind = "http_status"
     counted: dict[str, Any] = {"attempts": before}
-    if sent.attempts == 0 and sent.http_status is None and kind is None:
+    if sent.attempts == 0 and sent.http_status is None and sent.error_kind is None:
         # The sender found no time left: nothing reached for the CRM, so nothing to record.
-        return AttemptOutcome(new_result(bot, status, now=deps.clock(), **counted), deferred=True)
+        return AttemptOutcome(new_result(bot, "failed", now=deps.clock(), **counted), deferred=True)
     # Scrub first, then cut: a credential straddling the cut would otherwise be stored in part.
-    body = scrub(sent.response_body, prepared.secret_values)[:MAX_RESPONSE_BODY_CHARS]
+    body = scrub(sent.response_body, prepared.secret_values)
+    error = scrub(sent.error, prepared.secret_values) if sent.error else None
+    status: PushStatus = status_for(sent)
+    kind = sent.error_kind
+    retryable = status != "ok" and is_retryable(sent.http_status, kind)
+    quota_until = None
+    if sent.http_status is not None:
+        reading = read_answer(bot, sent, body, deps.clock())
+        status, kind, retryable, quota_until = reading.status, reading.error_kind, reading.retryable, reading.quota_until
+        error = reading.error or error
     result = new_result(
         bot,
         status,
         now=deps.clock(),
         url=prepared.request.recorded_url,
         http_status=sent.http_status,
-        response_body=body,
-        error=scrub(sent.error, prepared.secret_values) if sent.error else None,
+        response_body=body[:MAX_RESPONSE_BODY_CHARS],
+        error=error,
         error_kind=None if status == "ok" else kind,
         duration_ms=sent.duration_ms,
         attempts=before + sent.attempts,
         recording_link=prepared.recording_link,
     )
-    retryable = status != "ok" and is_retryable(sent.http_status, kind)
-    return AttemptOutcome(result, retryable=retryable, retry_after=sent.retry_after)
+    return AttemptOutcome(result, retryable=retryable, retry_after=sent.retry_after, quota_until=quota_until)
+
+
+def read_answer(bot: BotConfig, sent: SendOutcome, body: str, now: datetime) -> AnswerReading:
+    """What the CRM's answer means: by HTTP status, by the preset's rules, by ``response.ok_when`` (contract §14)."""
+    assert sent.http_status is not None
+    config = bot.push
+    preset = config.preset if config else None
+    ok_when = config.response.ok_when if config and config.response else None
+    headers = {"Retry-After": sent.retry_after} if sent.retry_after else {}
+    return classify_answer(preset, sent.http_status, body, headers, now, ok_when)

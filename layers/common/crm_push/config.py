@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from crm_push.errors import ConfigError
+from crm_push.preset_config import PresetConfig, ResponseConfig, parse_preset, parse_response
+from crm_push.push_url import parse_push_url
 from crm_push.signing import SIGNATURE_HEADERS, parse_signing_secret
 from crm_push.templates import CompiledKeyMapper, compile_key_mapper
 
@@ -38,6 +39,9 @@ class Settings(BaseModel):
     recordings_bucket: str | None = None
     recordings_endpoint_url: str | None = None
     recording_url_ttl_seconds: int = Field(default=604800, ge=1, le=604800)
+    # A Secrets Manager secret with a dedicated IAM user's keys: presigned recording links that outlive
+    # the function's role session (audit #11). Without it, links are signed with the role's credentials.
+    recordings_signer_secret: str | None = None
     push_allow_private_networks: bool = False
     push_concurrency: int = Field(default=16, ge=1, le=64)
     claim_lease_seconds: int = Field(default=900, ge=30)
@@ -60,6 +64,7 @@ class Settings(BaseModel):
         "push_state_table",
         "retry_queue_url",
         "push_kms_key_id",
+        "recordings_signer_secret",
         mode="before",
     )
     @classmethod
@@ -101,41 +106,13 @@ def check_header(name: str, value: str) -> None:
         raise ConfigError(f"header {name} has a control character (CR, LF or other) in its value")
 
 
-# Schemes an operator may plausibly write by mistake: named in the error, since they are no part of a
-# credential. Anything else is not quoted, because a URL's text may be a password (see check_push_url).
-_KNOWN_SCHEMES = frozenset({"ftp", "ftps", "sftp", "ws", "wss", "file", "s3", "mailto", "tcp", "grpc", "arn"})
-
-
 def check_push_url(url: str) -> None:
-    """Refuse a URL the push cannot use, in words that never quote the URL.
+    """Refuse a URL the push cannot use, in words that never quote the URL (``push_url.parse_push_url``).
 
-    urllib's own messages quote the netloc or the port text; with a password
-    holding an unencoded ``/``, ``?`` or ``#`` the "port" it quotes is the
-    start of that password, and the error reaches the result, integration_log
-    and the logs. So no message here carries any part of the URL, and no
-    exception is chained (a logged traceback would print urllib's message).
+    The same one reading the request, the gate key and the stored result use
+    (contract §12), so a url accepted here is the url that is sent.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise ConfigError("url is malformed: unbalanced [ ] around an IPv6 host, or characters not allowed") from None
-    if parts.scheme not in ("http", "https"):
-        if not parts.scheme:
-            raise ConfigError("url must start with http:// or https://")
-        named = f" (not {parts.scheme})" if parts.scheme.lower() in _KNOWN_SCHEMES else ""
-        raise ConfigError(f"url scheme must be http or https{named}")
-    try:
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise ConfigError(
-            "url is malformed: the part after // is not host[:port] - a port must be a number from 0 to 65535, "
-            "and a user name or password in the url must have / ? # @ and : percent-encoded"
-        ) from None
-    if not host:
-        raise ConfigError("url has no host")
-    if any(c.isspace() for c in url):
-        raise ConfigError("url contains whitespace")
+    parse_push_url(url)
 
 
 class SecretRef(BaseModel):
@@ -194,7 +171,11 @@ class PostCallPushConfig(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True, hide_input_in_errors=True)
 
     url: str | None = None
-    method: Literal["POST", "GET"] = "POST"
+    method: Literal["POST", "GET", "PUT", "PATCH"] = "POST"
+    # A CRM's native create-or-update (contract §14): fills url, method, body envelope and answer reading.
+    preset: PresetConfig | None = None
+    # How a 2xx is read (contract §14): ok only when the body's value at a path equals a JSON value.
+    response: ResponseConfig | None = None
     token: Credential | None = Field(default=None, repr=False)
     headers: dict[str, Credential] | None = Field(default=None, repr=False)
     # Standard Webhooks secrets (contract §11): every attempt is signed with each one (rotation).
@@ -236,10 +217,13 @@ class PostCallPushConfig(BaseModel):
     @field_validator("url", mode="before")
     @classmethod
     def _url(cls, value: Any) -> Any:
+        # Surrounding spaces are refused like any other (contract §12); only a blank url means "none".
         if isinstance(value, str):
-            value = value.strip()
-            if value:
-                check_push_url(value)
+            if not value.strip():
+                return None
+            check_push_url(value)
+        elif isinstance(value, Mapping):
+            return _reference(value, "url")  # a url that is itself a credential (contract §12)
         return value or None
 
     @field_validator("headers", mode="before")
@@ -297,6 +281,27 @@ class PostCallPushConfig(BaseModel):
             else:
                 raise ValueError(f"{where} must be text (whsec_<base64>) or a reference map")
         return tuple(secrets)
+
+    @field_validator("preset", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        return None if value is None else parse_preset(value)
+
+    @field_validator("response", mode="before")
+    @classmethod
+    def _response(cls, value: Any) -> Any:
+        return None if value is None else parse_response(value)
+
+    @model_validator(mode="after")
+    def _preset_owns_url_and_method(self) -> PostCallPushConfig:
+        if self.preset is not None and (self.url is not None or "method" in self.model_fields_set):
+            raise ValueError(f"a bot with preset {self.preset.name} sets no url or method: the preset gives them")
+        return self
+
+    @property
+    def has_destination(self) -> bool:
+        """Whether a push of this config has somewhere to go: a url, or a preset that makes one."""
+        return self.url is not None or self.preset is not None
 
     @model_validator(mode="after")
     def _signing_headers_are_ours(self) -> PostCallPushConfig:

@@ -17,7 +17,9 @@ from crm_push.config import BotConfig, PostCallPushConfig, SecretRef, check_head
 from crm_push.errors import ConfigError, PayloadTooLarge
 from crm_push.jsonvalues import to_json, to_text
 from crm_push.ports import MAX_PAYLOAD_BYTES, USER_AGENT, GateKey, PushDeps, PushRequest, SecretResolver
+from crm_push.presets import build_preset_request
 from crm_push.push_url import PushUrl, parse_push_url
+from crm_push.url_templates import compile_url_template
 from crm_push.recording import RecordingLinkMode, select_recording_url
 from crm_push.secrets import (
     PushCredentials,
@@ -45,35 +47,74 @@ def resolver_for(bot: BotConfig, deps: PushDeps) -> SecretResolver:
     )
 
 
-def push_url_of(config: PostCallPushConfig, resolver: SecretResolver, *, fresh: bool = False) -> PushUrl:
-    """The destination, parsed once; a url kept in a store is resolved first and shown only as its origin.
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where one push goes and in what shape: the url parsed once, the method, the body, the preset's headers."""
 
-    Raises ConfigError (no url, or not a usable one) or SecretUnavailable.
+    target: PushUrl
+    method: str
+    body: Any
+    extra_headers: Mapping[str, str]
+
+
+def destination_for(
+    config: PostCallPushConfig,
+    resolver: SecretResolver,
+    *,
+    call_id: str,
+    payload: dict[str, Any],
+    variables: Mapping[str, Any],
+    auth_values: Mapping[str, str] | None = None,
+    fresh: bool = False,
+) -> Destination:
+    """The destination of one call's push: a preset's, a url template rendered, a url from a store, or as written.
+
+    Raises ConfigError (no url, an unresolved template, not a usable url) or SecretUnavailable.
     """
+    if config.preset is not None:
+        preset = build_preset_request(config.preset, call_id, payload)
+        url = compile_url_template(preset.url_template).render({}, auth_values)
+        return Destination(parse_push_url(url), preset.method, preset.body, preset.extra_headers)
     if config.url is None:
         raise ConfigError("post_call_push has no url")
     if isinstance(config.url, SecretRef):
-        return parse_push_url(resolver.resolve(config.url, fresh=fresh), from_reference=True)
-    return parse_push_url(config.url)
+        target = parse_push_url(resolver.resolve(config.url, fresh=fresh), from_reference=True)
+    elif "{{" in config.url:
+        target = parse_push_url(compile_url_template(config.url).render(variables, auth_values))
+    else:
+        target = parse_push_url(config.url)
+    return Destination(target, config.method, payload, {})
 
 
 def gate_key_of(bot: BotConfig, deps: PushDeps) -> GateKey | None:
-    """The (destination, scope) whose circuit and rate limit the bot's pushes go through; None when unknown."""
-    if bot.push is None or bot.push.url is None:
+    """The (destination, scope) whose circuit and rate limit the bot's pushes go through, known without a call.
+
+    None when it depends on the call or on a token answer: the call is then read and its push prepared first.
+    """
+    config = bot.push
+    if config is None or not config.has_destination:
         return None
     try:
-        return GateKey(push_url_of(bot.push, resolver_for(bot, deps)).destination, bot.scope)
+        if config.preset is not None:
+            origin = compile_url_template(build_preset_request(config.preset, "-", {}).url_template).origin
+        elif isinstance(config.url, SecretRef):
+            return GateKey(parse_push_url(resolver_for(bot, deps).resolve(config.url), from_reference=True).destination, bot.scope)
+        else:
+            assert config.url is not None
+            origin = compile_url_template(config.url).origin if "{{" in config.url else config.url
+        return GateKey(parse_push_url(origin).destination, bot.scope) if origin else None
     except (ConfigError, SecretUnavailable):
         return None
 
 
 def recorded_url_of(config: PostCallPushConfig | None) -> str:
-    """What a result names as the url before the url itself could be read (a reference shows as its name)."""
-    if config is None or config.url is None:
-        return ""
-    if isinstance(config.url, SecretRef):
+    """What a result names as the url when the push could not be prepared: no credential, no call data."""
+    if config is None or config.url is None or isinstance(config.url, SecretRef):
         return ""
     try:
+        if "{{" in config.url:
+            origin = compile_url_template(config.url).origin
+            return f"{parse_push_url(origin).origin}/…" if origin else ""
         return parse_push_url(config.url).recorded
     except ConfigError:
         return ""
@@ -84,7 +125,7 @@ def build_headers(
     credentials: PushCredentials,
     variables: Mapping[str, Any],
     call_id: str,
-    target: PushUrl,
+    destination: Destination,
 ) -> tuple[dict[str, str], frozenset[str]]:
     """Our headers, then the config's: ``headers`` if set (plaintext ones are templates), else the token.
 
@@ -94,9 +135,10 @@ def build_headers(
     """
     headers = {"User-Agent": USER_AGENT, "Idempotency-Key": call_id}
     rendered: set[str] = set()
-    if config.method != "GET":
+    if destination.method != "GET":
         headers["Content-Type"] = "application/json"
-    basic = target.basic_auth
+    headers.update(destination.extra_headers)
+    basic = destination.target.basic_auth
     if basic is not None:
         headers["Authorization"] = basic
     if credentials.headers is not None:
@@ -132,17 +174,19 @@ def check_latin1_header(name: str, value: str) -> None:
         ) from None
 
 
-def encode_body(config: PostCallPushConfig, target: PushUrl, payload: dict[str, Any]) -> tuple[str, bytes | None]:
-    """The request target and body for a rendered payload: JSON body, or query parameters for GET."""
-    if config.method == "GET":
+def encode_body(destination: Destination) -> tuple[str, bytes | None]:
+    """The request target and body: JSON body, or query parameters for GET."""
+    target = destination.target
+    if destination.method == "GET":
         from urllib.parse import urlencode
 
+        payload = destination.body if isinstance(destination.body, dict) else {}
         params = [(k, to_json(v) if isinstance(v, (dict, list)) else to_text(v)) for k, v in payload.items()]
         url = target.request_url(urlencode(params))
         size = len(url)
         body = None
     else:
-        url, body = target.request_url(), to_json(payload).encode("utf-8")
+        url, body = target.request_url(), to_json(destination.body).encode("utf-8")
         size = len(body)
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes, so it was not sent")
@@ -155,7 +199,7 @@ class PreparedPush:
     payload: dict[str, Any]
     variables: dict[str, Any]
     recording_link: RecordingLinkMode
-    target: PushUrl
+    destination: Destination
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)
     """Every credential of this push (resolved ones, url ones, rendered header values): scrubbed from echoes."""
     uses_references: bool = False
@@ -169,12 +213,11 @@ def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, *,
     Raises ConfigError, or SecretUnavailable when a referenced credential cannot be had.
     """
     config = bot.push
-    if config is None or config.url is None:
+    if config is None or not config.has_destination:
         raise ConfigError(bot.push_error or "no push config")
     resolver = resolver_for(bot, deps)
     if fresh:
         resolver = _FreshReads(resolver)
-    target = push_url_of(config, resolver)
     credentials = resolve_push_credentials(config, resolver)
     recording_url, link_mode = select_recording_url(
         call_doc, public_base_url=deps.public_base_url, recordings_bucket=deps.recordings_bucket, presign=deps.presign
@@ -184,17 +227,18 @@ def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, *,
     )
     payload = config.compiled_key_mapper.render(variables, drop_unresolved=True)
     call_id = str(call_doc.get("call_id", ""))
-    headers, rendered_headers = build_headers(config, credentials, variables, call_id, target)
-    url, body = encode_body(config, target, payload)
+    destination = destination_for(config, resolver, call_id=call_id, payload=payload, variables=variables, fresh=fresh)
+    headers, rendered_headers = build_headers(config, credentials, variables, call_id, destination)
+    url, body = encode_body(destination)
     if credentials.signing_secrets:
         signed_at = int(deps.clock().timestamp())
-        headers.update(
-            webhook_headers(call_id, signed_at, signed_content(config.method, url, body), credentials.signing_secrets)
-        )
-    request = PushRequest(call_id, config.method, url, headers, body, target.recorded)
-    known = secret_values(credentials) | target.credential_values() | rendered_headers
+        content = signed_content(destination.method, url, body)
+        headers.update(webhook_headers(call_id, signed_at, content, credentials.signing_secrets))
+    method: Any = destination.method
+    request = PushRequest(call_id, method, url, headers, body, destination.target.recorded)
+    known = secret_values(credentials) | destination.target.credential_values() | rendered_headers
     uses_references = bool(config.references) or isinstance(config.url, SecretRef)
-    return PreparedPush(request, payload, variables, link_mode, target, known, uses_references)
+    return PreparedPush(request, payload, variables, link_mode, destination, known, uses_references)
 
 
 class _FreshReads:
