@@ -1,23 +1,29 @@
-"""``post-call-push circuits``: each CRM destination's circuit breaker, and closing one by hand.
+"""``post-call-push circuits``: each (destination, scope) circuit breaker, and closing one by hand.
 
-The circuits live in the delivery-state table (``PUSH_STATE_TABLE``) as
-``circuit#<destination>`` items, written by Powertools' circuit breaker only
-when a circuit changes state: a destination that never failed has no item
-and is closed. Listing them is a Scan of that table (it reads the delivery
-items too; a few cents for a million items), so it is an operator's command,
-never the function's.
+A circuit belongs to a CRM destination (scheme://host:port) within one
+tenant's scope (the bot's ``tenant_id``, else its ``bot_id``; contract §12):
+a SaaS CRM serves every tenant from one host, and one tenant's failures
+never hold back another's calls. The circuits live in the delivery-state
+table (``PUSH_STATE_TABLE``) as ``circuit#<scope>#<destination>`` items,
+written by Powertools' circuit breaker only when a circuit changes state: a
+key that never failed has no item and is closed. Listing them is a Scan of
+that table (it reads the delivery items too; a few cents for a million
+items), so it is an operator's command, never the function's.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 
 from crm_push.adapters.destination_gate import CircuitSettings, CircuitView, close_circuit, list_circuits
-from crm_push.push import destination_of
+from crm_push.errors import ConfigError
+from crm_push.ports import GateKey
+from crm_push.push_url import parse_push_url
 from push_cli.context import EXIT_OK, Context, fail
 from push_cli.display import print_json, row, table
 
@@ -31,17 +37,24 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser], epilog: st
         parents=parents,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="each CRM destination's circuit breaker: state, failures, next probe; close one by hand",
-        description="List the destinations whose circuit breaker has ever opened, with their state, the "
-        "consecutive failures that opened it (as counted by the container that tripped it) and when the next "
-        f"probe goes. An open circuit holds that destination's calls (no attempt spent) and lets one call through "
-        f"as a probe every {settings.recovery_timeout_seconds} s; the probe's success closes it. --close closes "
-        "one by hand, e.g. when the CRM's owner says it is back.",
+        help="each (CRM destination, scope) circuit breaker: state, failures, next probe; close one by hand",
+        description="List the circuits that have ever opened, one per CRM destination and scope (the bot's "
+        "tenant_id, else its bot_id: one tenant's failures never hold back another's calls to the same host), "
+        "with their state, the consecutive failures that opened them (as counted by the container that tripped "
+        "them) and when the next probe goes. An open circuit holds that scope's calls to that destination (no "
+        f"attempt spent) and lets one call through as a probe every {settings.recovery_timeout_seconds} s; the "
+        "probe's success closes it. --close closes one by hand, e.g. when the CRM's owner says it is back.",
     )
     parser.add_argument(
         "--close",
         metavar="DESTINATION",
-        help="close this destination's circuit: scheme://host:port, or any url of it (the bot's url will do)",
+        help="close this destination's circuit for --scope: scheme://host:port as listed, or any url of it "
+        "(the bot's url will do)",
+    )
+    parser.add_argument(
+        "--scope",
+        metavar="SCOPE",
+        help="the tenant_id (else bot_id) whose circuit --close closes; without --close, list only its circuits",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -51,51 +64,81 @@ def cmd_circuits(args: argparse.Namespace, ctx: Context, console: Console, clock
     state_table = ctx.state_table
     if not state_table:
         fail("no delivery-state table: pass --state-table or set PUSH_STATE_TABLE")
+    scope = _scope(args.scope)
     if args.close:
-        return _close(args, ctx, console, state_table)
-    circuits = list_circuits(ctx.dynamodb(), state_table)
-    render_circuits(console, circuits, now=datetime.now(UTC), as_json=args.json)
+        if scope is None:
+            fail("--close needs --scope: circuits are per (destination, scope); `circuits` lists both")
+        return _close(_destination(str(args.close)), scope, args, ctx, console, state_table)
+    circuits = list_circuits(ctx.dynamodb(), state_table, scope=scope)
+    render_circuits(console, circuits, now=datetime.now(UTC), as_json=args.json, scope=scope)
     return EXIT_OK
 
 
-def _close(args: argparse.Namespace, ctx: Context, console: Console, state_table: str) -> int:
-    given = str(args.close).strip()
-    if not given.lower().startswith(("http://", "https://")):
-        fail("--close takes a destination like https://crm.example.com:443 (or a url of it)")
-    destination = destination_of(given)  # drops credentials, path and query: never printed
-    if not close_circuit(ctx.dynamodb(), state_table, destination):
-        fail(f"{destination} has no circuit in {state_table}: it has never opened, so there is nothing to close")
+def _scope(given: str | None) -> str | None:
+    if given is None:
+        return None
+    scope = given.strip()
+    if not scope:
+        fail("--scope is a tenant_id or bot_id; it cannot be empty")
+    return scope
+
+
+def _destination(given: str) -> str:
+    """The url's destination, read as the push reads it; credentials, path and query are dropped, never printed."""
+    try:
+        return parse_push_url(given.strip()).destination
+    except ConfigError as exc:  # its message never quotes the url
+        fail(f"--close takes a destination like https://crm.example.com:443 (or a url of it): {exc}")
+
+
+def _close(
+    destination: str, scope: str, args: argparse.Namespace, ctx: Context, console: Console, state_table: str
+) -> int:
+    key = GateKey(destination=destination, scope=scope)
+    if not close_circuit(ctx.dynamodb(), state_table, key):
+        fail(
+            f"{destination} has no circuit for scope {scope} in {state_table}: it has never opened, "
+            "so there is nothing to close (`circuits` lists the ones that have)"
+        )
     settings = CircuitSettings()
     if args.json:
-        print_json(console, {"closed": destination})
+        print_json(console, {"closed": {"destination": destination, "scope": scope}})
     else:
         console.print(
-            f"Closed the circuit of {destination}. Containers notice within {settings.state_cache_seconds} s; calls "
-            f"already held come back at their scheduled time (at most {settings.recovery_timeout_seconds} s away)."
+            f"Closed the circuit of {destination} for scope {scope}; other scopes' circuits on it are unchanged. "
+            f"Containers notice within {settings.state_cache_seconds} s; calls already held come back at their "
+            f"scheduled time (at most {settings.recovery_timeout_seconds} s away)."
         )
     return EXIT_OK
 
 
-def render_circuits(console: Console, circuits: list[CircuitView], *, now: datetime, as_json: bool) -> None:
+def render_circuits(
+    console: Console, circuits: list[CircuitView], *, now: datetime, as_json: bool, scope: str | None = None
+) -> None:
     settings = CircuitSettings()
     if as_json:
         print_json(
             console,
             {
                 "circuits": [c.as_json() for c in circuits],
+                "scope": scope,
                 "failure_threshold": settings.failure_threshold,
                 "recovery_timeout_seconds": settings.recovery_timeout_seconds,
             },
         )
         return
     if not circuits:
-        console.print("No circuit has opened: every destination is called normally.")
+        whose = f"for scope {scope}" if scope is not None else "for any scope"
+        console.print(f"No circuit has opened {whose}: every destination is called normally.")
         return
-    grid = table("Circuits by destination", "destination", "state", "failures", "opened at", "next probe")
+    grid = table(
+        "Circuits by destination and scope", "destination", "scope", "state", "failures", "opened at", "next probe"
+    )
     for circuit in circuits:
         row(
             grid,
             circuit.destination,
+            circuit.scope,
             STATE_WORDS.get(circuit.state, circuit.state),
             circuit.failure_count if circuit.state != "CLOSED" else "-",
             _when(circuit.opened_at, now),
@@ -103,11 +146,20 @@ def render_circuits(console: Console, circuits: list[CircuitView], *, now: datet
         )
     console.print(grid)
     not_closed = [c for c in circuits if c.state != "CLOSED"]
-    if not_closed:
+    if not not_closed:
+        return
+    console.print(
+        f"{len(not_closed)} circuit(s) not closed: those scopes' calls to those destinations are held without "
+        "spending an attempt and go out once a probe succeeds. Usually nothing to do but tell the CRM's owner "
+        '(docs/runbook.md, "A CRM is down"). To close one by hand: '
+        "post-call-push circuits --close DESTINATION --scope SCOPE"
+    )
+    scopes_per_destination = Counter(c.destination for c in not_closed)
+    shared = sorted(d for d, n in scopes_per_destination.items() if n > 1)
+    for destination in shared:
+        # Several tenants failing on one host at once points at the CRM itself, not one tenant's account.
         console.print(
-            f"{len(not_closed)} destination(s) spared: their calls are held without spending an attempt and go "
-            "out once a probe succeeds. Usually nothing to do but tell the CRM's owner (docs/runbook.md, "
-            '"A CRM is down"). To close one by hand: post-call-push circuits --close DESTINATION'
+            f"{destination} is failing for {scopes_per_destination[destination]} scopes: likely the CRM itself."
         )
 
 

@@ -20,7 +20,14 @@ from rich.console import Console
 
 from crm_push.config import BotConfig, SecretRef, load_bot_config
 from crm_push.errors import ConfigError
-from crm_push.secrets import SecretResolver, SecretUnavailable, credential_slots, resolve_credential
+from crm_push.secrets import (
+    ReferencePrefixes,
+    SecretProblem,
+    SecretResolver,
+    SecretUnavailable,
+    credential_slots,
+    resolve_credential,
+)
 from crm_push.templates import PLACEHOLDER, compile_key_mapper, compile_template, lookup_candidates
 from crm_push.variables import NAMESPACES, build_push_variables
 from push_cli.display import json_type, print_json, row, table, truncate
@@ -207,10 +214,13 @@ def lint_bot(
     sample_calls: Sequence[Mapping[str, Any]] = (),
     schema: Mapping[str, Any] | None = None,
     secret_resolver: Callable[[], SecretResolver] | None = None,
+    reference_prefixes: ReferencePrefixes | None = None,
 ) -> LintReport:
     """Findings for one bot item. ``secret_resolver`` builds the resolver that checks each reference
     (with the operator's credentials); it is called only when the config has references, and None
-    skips that check with a warning."""
+    skips that check with a warning. ``reference_prefixes`` are the deployed stack's: a reference
+    outside ``<prefix><scope>/`` is an error and is not read (the function would not read it either);
+    None skips the scope rule (the CLI always passes them)."""
     report = LintReport(bot_id=bot_id, samples=len(sample_calls))
     report.findings.extend(_config_findings(item, bot_id))
     raw = item.get("post_call_push")
@@ -218,7 +228,7 @@ def lint_bot(
         return report
     bot = load_bot_config(item, bot_id)
     report.findings.extend(plaintext_credential_findings(raw, bot_id))
-    report.findings.extend(reference_findings(bot, secret_resolver))
+    report.findings.extend(reference_findings(bot, secret_resolver, reference_prefixes))
     key_mapper = raw.get("key_mapper")
     raw_headers = raw.get("headers")
     headers: Mapping[str, Any] = raw_headers if isinstance(raw_headers, Mapping) else {}
@@ -370,12 +380,43 @@ def _url_credential_findings(url: str) -> Iterator[Finding]:
         )
 
 
-def reference_findings(bot: BotConfig, secret_resolver: Callable[[], SecretResolver] | None) -> Iterator[Finding]:
-    """Each reference resolved as a push would resolve it; a failure is an error naming the reference and why."""
+_REFERENCE_HINTS: dict[SecretProblem, str] = {
+    "unavailable": "the store was throttling or unreachable: run the lint again",
+    "denied": "check that both your credentials and the function's role can read it",
+    "kms": "check that both your credentials and the function's role may decrypt it with its KMS key",
+    "not_found": "create it (post-call-push secrets migrate) or fix the reference",
+    "unusable": "fix the value in the store (post-call-push secrets migrate writes one that works)",
+    "unreadable": "create it (post-call-push secrets migrate) or fix the reference; check your AWS credentials",
+}
+
+
+def reference_findings(
+    bot: BotConfig,
+    secret_resolver: Callable[[], SecretResolver] | None,
+    prefixes: ReferencePrefixes | None = None,
+) -> Iterator[Finding]:
+    """Each reference checked as a push would check it: in the bot's scope, then resolved.
+
+    A failure is an error naming the reference and why; a reference outside the
+    scope is never read, as the function would never read it.
+    """
     config = bot.push
     if config is None or not config.references:
         return
     slots = [slot for slot in credential_slots(config) if isinstance(slot.credential, SecretRef)]
+    if prefixes is not None:
+        in_scope = []
+        for slot in slots:
+            assert isinstance(slot.credential, SecretRef)
+            try:
+                prefixes.check(slot.credential, bot.scope)
+            except SecretUnavailable as exc:
+                yield Finding("error", f"post_call_push.{slot.where}", str(exc), _scope_hint(bot, prefixes))
+            else:
+                in_scope.append(slot)
+        slots = in_scope
+    if not slots:
+        return
     if secret_resolver is None:
         yield Finding(
             "warning",
@@ -389,18 +430,22 @@ def reference_findings(bot: BotConfig, secret_resolver: Callable[[], SecretResol
         try:
             resolve_credential(slot, resolver)
         except SecretUnavailable as exc:
-            if exc.transient:
-                hint = "the store was throttling or unreachable: run the lint again"
-            elif "access denied" in str(exc) or "KMS key" in str(exc):
-                hint = "check that both your credentials and the function's role can read it"
-            else:
-                hint = "create it (post-call-push secrets migrate) or fix the reference"
+            hint = _REFERENCE_HINTS["unavailable" if exc.transient else exc.problem]
             yield Finding(
                 "error",
                 f"post_call_push.{slot.where}",
                 str(exc),
                 f"{hint}; until then pushes fail with error_kind secret",
             )
+
+
+def _scope_hint(bot: BotConfig, prefixes: ReferencePrefixes) -> str:
+    whose = f"tenant {bot.tenant_id}" if bot.tenant_id else f"bot {bot.bot_id} (it has no tenant_id)"
+    return (
+        f"keep {whose}'s credentials in a secret under {prefixes.secret_base(bot.scope)} or a parameter under "
+        f"{prefixes.parameters_path}{bot.scope}/ and point the reference there; until then pushes fail with "
+        "error_kind secret, final"
+    )
 
 
 def _without_bot_prefix(message: str, bot_id: str) -> str:

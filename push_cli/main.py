@@ -29,9 +29,12 @@ from rich.console import Console
 from crm_push.adapters.destination_gate import read_circuit
 from crm_push.config import BotConfig, load_bot_config
 from crm_push.errors import ConfigError, PushError, StorageError
-from crm_push.push import Replay, destination_of, push_call
+from crm_push.push import Replay, push_call
+from crm_push.request import gate_key_of
 from push_cli import circuits as circuits_cli
+from push_cli import dlq as dlq_cli
 from push_cli import lint as lint_module
+from push_cli import reconcile as reconcile_cli
 from push_cli import secrets as secrets_cli
 from push_cli.context import (
     EXIT_INTERRUPTED,
@@ -46,6 +49,7 @@ from push_cli.context import (
     load_json_file,
 )
 from push_cli.display import err_console, make_console
+from push_cli.dlq import parked_count
 from push_cli.preview import build_preview, render_preview
 from push_cli.replay import (
     STATUSES,
@@ -177,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-secrets", action="store_true", help="do not read the secrets and parameters the config references"
     )
     lint.add_argument("--json", action="store_true", help="machine-readable output")
+    secrets_cli.add_prefix_options(lint)
 
     replay = commands.add_parser(
         "replay",
@@ -229,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     secrets_cli.add_parser(commands, common, EPILOG)
     circuits_cli.add_parser(commands, common, EPILOG)
+    reconcile_cli.add_parser(commands, common, EPILOG)
+    dlq_cli.add_parser(commands, common, EPILOG)
     return parser
 
 
@@ -324,6 +331,7 @@ def cmd_lint(args: argparse.Namespace, ctx: Context, console: Console, clock: Cl
         sample_calls=samples,
         schema=_json_plain(schema) if schema is not None else None,
         secret_resolver=None if args.skip_secrets else lambda: secrets_cli.store_resolver(ctx),
+        reference_prefixes=secrets_cli.deployed_prefixes(args, ctx),
     )
     lint_module.render_lint(console, report, as_json=args.json)
     return EXIT_PROBLEM if report.errors else EXIT_OK
@@ -452,15 +460,23 @@ def cmd_status(args: argparse.Namespace, ctx: Context, console: Console, clock: 
             delivery = ctx.delivery_state(args.call_id)
         except StorageError as exc:
             unread = f"state table not read: {exc}"
-    report = build_status(call, bot, bot_exists=item is not None, delivery=delivery, delivery_unread=unread)
-    if ctx.state_table and bot is not None and bot.push is not None and bot.push.url:
-        destination = destination_of(bot.push.url)
+    report = build_status(
+        call,
+        bot,
+        bot_exists=item is not None,
+        delivery=delivery,
+        delivery_unread=unread,
+        dead_letters=parked_count(ctx),
+    )
+    key = gate_key_of(bot, ctx.preview_deps()) if ctx.state_table and bot is not None else None
+    if key is not None and ctx.state_table:
         try:
-            view = read_circuit(ctx.dynamodb(), ctx.state_table, destination)
+            view = read_circuit(ctx.dynamodb(), ctx.state_table, key)
         except Exception as exc:  # the circuit is context: a failed read must not hide the rest
             report.delivery.note = f"{report.delivery.note}; circuit not read: {type(exc).__name__}".lstrip("; ")
         else:
-            report.circuit = view.as_json() if view else {"destination": destination, "state": "CLOSED"}
+            closed = {"destination": key.destination, "scope": key.scope, "state": "CLOSED"}
+            report.circuit = view.as_json() if view else closed
     render_status(console, report, as_json=args.json)
     return EXIT_OK
 
@@ -472,6 +488,8 @@ COMMANDS = {
     "status": cmd_status,
     "secrets": secrets_cli.cmd_secrets,
     "circuits": circuits_cli.cmd_circuits,
+    "reconcile": reconcile_cli.run,
+    "dlq": dlq_cli.run,
 }
 
 

@@ -7,7 +7,11 @@ why), so it is recorded on the call like any push, with a ``replay`` entry in
 attempt then finds the delivery ended and does nothing. A call already pushed
 ``ok`` is held back unless ``--force``; a call a push holds right now (a live
 claim in the state table) is always held back, since its holder may be sending
-at this moment. Ranges are paced (``--rate``) so a replay cannot flood a CRM.
+at this moment. A call whose CRM already answered, with only the write of that
+answer pending ("answered, not yet written"), is held back unless ``--force``:
+its record message writes it (``dlq redrive`` when it was dead-lettered), and
+a replay would push it a second time (contract §12). Ranges are paced
+(``--rate``) so a replay cannot flood a CRM.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from crm_push.delivery import iso_utc
+from crm_push.clock import iso_utc
 from crm_push.errors import ClaimHeld, QueueError, StorageError
 from crm_push.push import PushOutcome
+from push_cli.delivery_item import decided_not_written, unwritten_answers
 from push_cli.display import print_json, row, table, truncate
 
 STATUSES = ("ok", "rejected", "failed", "skipped", "none")
@@ -42,6 +47,8 @@ _NOT_PUSHED = {
     "claim_held": "not pushed: another push holds the call right now; look at it with status",
     "scheduled": "not pushed: its next attempt is scheduled",
     "deferred": "not pushed: no time was left to attempt it; it is on the retry queue",
+    "record_deferred": "not pushed: the CRM already answered it; only the write is pending "
+    "(a record message carries it; dlq redrive if it was dead-lettered)",
 }
 
 
@@ -145,6 +152,13 @@ def candidate_for(
         )
     elif force:
         pass
+    elif decided_not_written(delivery):
+        last = unwritten_answers(delivery)[-1]
+        candidate.held_back = (
+            f"answered, not yet written: the CRM already answered attempt {last.get('attempts') or '?'} "
+            f"({last.get('status') or '?'}); a record message writes it - post-call-push dlq redrive if it was "
+            "dead-lettered. --force pushes the call a second time"
+        )
     elif status == "ok":
         candidate.held_back = "already pushed ok; --force pushes it again"
     elif call.get("skip_post_push") is True:

@@ -1,13 +1,19 @@
 """``secrets migrate``: a bot's plaintext credentials moved into Secrets Manager, references left in its config.
 
     post-call-push secrets migrate --bot-id BOT [--secret-name NAME] [--kms-key-id KEY] [--dry-run]
+        [--secrets-name-prefix P] [--parameters-path-prefix P]
 
 The token, every header value that is not a template and every signing secret
-go into ONE secret (a JSON object, ``post-call-push/<bot_id>`` by default);
-the bot's ``post_call_push`` is rewritten to ``{"secret": NAME, "key": ...}``
-references. The secret is written and read back first; the config is then
-replaced only if it is still exactly what was read, so an edit made meanwhile
-is never lost. No value is ever printed: each is shown as its length.
+go into ONE secret (a JSON object) named ``<SECRETS_NAME_PREFIX><scope>/<bot_id>/credentials``
+by default, where scope is the bot's tenant_id, else its bot_id (contract §12):
+the function resolves a bot's references only under its scope, so a name
+outside it is refused before anything is written. The bot's ``post_call_push``
+is rewritten to ``{"secret": NAME, "key": ...}`` references. The secret is
+written and read back first (through the same scope check the function
+applies); the config is then replaced only if it is still exactly what was
+read, so an edit made meanwhile is never lost. No value is ever printed: each
+is shown as its length. The plaintext stays in the Bots table's point-in-time
+backups for 35 days, so the operator is told to rotate what moved.
 """
 
 from __future__ import annotations
@@ -23,12 +29,16 @@ from rich.console import Console
 
 from crm_push import logsafety
 from crm_push.adapters.dynamodb import from_item
-from crm_push.config import load_bot_config
-from crm_push.secrets import SecretUnavailable, StoreSecretResolver
+from crm_push.config import SecretRef, load_bot_config
+from crm_push.secrets import ReferencePrefixes, SecretUnavailable, StoreSecretResolver, scoped_resolver
 from push_cli.context import EXIT_OK, EXIT_PROBLEM, Context, fail
 from push_cli.display import print_json, row, table
 
-DEFAULT_NAME_PREFIX = "post-call-push/"
+MIGRATE_LEAF = "credentials"  # migrate's secret: <SECRETS_NAME_PREFIX><scope>/<bot_id>/credentials
+ROTATE_ADVICE = (
+    "rotate the moved credentials at the CRM now and put the new values in the secret: the old plaintext "
+    "stays in the Bots table's point-in-time-recovery backups for 35 days"
+)
 _AUTH_SCHEMES = ("bearer", "basic", "token", "apikey", "api-key", "digest")
 
 
@@ -55,10 +65,36 @@ def add_parser(commands: Any, parents: Sequence[argparse.ArgumentParser], epilog
         "meanwhile. Values are never shown.",
     )
     migrate.add_argument("--bot-id", required=True, help="the bot whose credentials move")
-    migrate.add_argument("--secret-name", help=f"the secret to write (default {DEFAULT_NAME_PREFIX}<bot_id>)")
+    migrate.add_argument(
+        "--secret-name",
+        help=f"the secret to write, under <secrets prefix><scope>/ (default <secrets prefix><scope>/<bot_id>/"
+        f"{MIGRATE_LEAF}; scope is the bot's tenant_id, else its bot_id)",
+    )
     migrate.add_argument("--kms-key-id", help="KMS key for a new secret (default: the account's aws/secretsmanager)")
     migrate.add_argument("--dry-run", action="store_true", help="show what would move; write nothing")
     migrate.add_argument("--json", action="store_true", help="machine-readable output")
+    add_prefix_options(migrate)
+
+
+def add_prefix_options(parser: argparse.ArgumentParser) -> None:
+    """The deployed stack's reference prefixes, for the commands that apply the scope rule (lint, migrate)."""
+    parser.add_argument(
+        "--secrets-name-prefix",
+        help="the stack's SecretsNamePrefix ($SECRETS_NAME_PREFIX, else the function's default post-call-push/)",
+    )
+    parser.add_argument(
+        "--parameters-path-prefix",
+        help="the stack's ParametersPathPrefix ($PARAMETERS_PATH_PREFIX, else the function's default /post-call-push/)",
+    )
+
+
+def deployed_prefixes(args: argparse.Namespace, ctx: Context) -> ReferencePrefixes:
+    """The prefixes the function was deployed with: the options, else the environment as the function reads it."""
+    settings = ctx.settings_values()
+    return ReferencePrefixes(
+        getattr(args, "secrets_name_prefix", None) or settings.secrets_name_prefix,
+        getattr(args, "parameters_path_prefix", None) or settings.parameters_path_prefix,
+    )
 
 
 def store_resolver(ctx: Context) -> StoreSecretResolver:
@@ -97,6 +133,7 @@ class Move:
 @dataclass
 class MigrationReport:
     bot_id: str
+    scope: str  # the bot's tenant_id, else its bot_id: the secret lives under <prefix><scope>/
     secret_name: str
     dry_run: bool
     moves: list[dict[str, str]] = field(default_factory=list)
@@ -104,6 +141,7 @@ class MigrationReport:
     write: Literal["create", "update", "none"] = "none"
     kept_keys: int = 0  # keys already in an existing secret, kept as they were
     config_rewritten: bool = False
+    rotate: str = ""  # what to do about the plaintext left in backups, once values moved
     problem: str = ""
 
 
@@ -184,7 +222,20 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context, console: Console) -> int
     if not push_attribute or "M" not in push_attribute:
         fail(f"bot {args.bot_id} has no post_call_push map: nothing to migrate")
     bot = load_bot_config(from_item(item), args.bot_id)
-    report = MigrationReport(args.bot_id, args.secret_name or f"{DEFAULT_NAME_PREFIX}{args.bot_id}", args.dry_run)
+    prefixes = deployed_prefixes(args, ctx)
+    default_name = f"{prefixes.secret_base(bot.scope)}{args.bot_id}/{MIGRATE_LEAF}"
+    secret_name = args.secret_name or default_name
+    try:
+        prefixes.check(SecretRef(secret=secret_name), bot.scope)
+    except (SecretUnavailable, ValueError):  # ValueError: pydantic refuses the name itself (spaces, control chars)
+        # The function would refuse every reference to it: writing it would break the bot's pushes for good.
+        whose = f"tenant {bot.tenant_id}" if bot.tenant_id else f"bot {args.bot_id}, which has no tenant_id"
+        fail(
+            f"secret {secret_name} is outside the scope of {whose}: the function would never read it. "
+            f"Pass a --secret-name under {prefixes.secret_base(bot.scope)} (no '.' or '..' segments), "
+            f"or none for {default_name}"
+        )
+    report = MigrationReport(args.bot_id, bot.scope, secret_name, args.dry_run)
     if bot.push_error:
         # A value that fails its checks (a malformed signing secret, a header with CR/LF) would become a
         # reference that fails every push; say so before moving anything.
@@ -205,7 +256,7 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context, console: Console) -> int
 
     document = {**(existing or {}), **{move.key: move.value for move in moves}}
     _write_secret(secretsmanager, report, document, existing is not None, args.kms_key_id)
-    _read_back(ctx, report, moves)
+    _read_back(ctx, report, moves, prefixes)
     try:
         dynamodb.update_item(
             TableName=ctx.bots_table,
@@ -226,6 +277,7 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context, console: Console) -> int
         )
         return _finish(console, report, args.json, EXIT_PROBLEM)
     report.config_rewritten = True
+    report.rotate = ROTATE_ADVICE  # the bot now reads the secret: the old values can and must be retired
     return _finish(console, report, args.json, EXIT_OK)
 
 
@@ -265,11 +317,9 @@ def _write_secret(
     client.create_secret(**options)
 
 
-def _read_back(ctx: Context, report: MigrationReport, moves: Sequence[Move]) -> None:
+def _read_back(ctx: Context, report: MigrationReport, moves: Sequence[Move], prefixes: ReferencePrefixes) -> None:
     """The references resolve to the values, read the way the function reads them; else nothing is rewritten."""
-    from crm_push.config import SecretRef
-
-    resolver = store_resolver(ctx)
+    resolver = scoped_resolver(store_resolver(ctx), report.scope, prefixes.secrets_name, prefixes.parameters_path)
     for move in moves:
         try:
             same = resolver.resolve(SecretRef(secret=report.secret_name, key=move.key)) == move.value
@@ -306,13 +356,12 @@ def _finish(console: Console, report: MigrationReport, as_json: bool, code: int)
     if report.dry_run:
         action = "create" if report.write == "create" else f"update{kept}"
         console.print(f"dry run: would {action} secret {report.secret_name} and rewrite the config; wrote nothing")
+        console.print(f"after the migration, {ROTATE_ADVICE}")
     else:
         done = "created" if report.write == "create" else f"updated{kept}"
         console.print(f"secret {report.secret_name} {done}; read back; bot {report.bot_id}'s config rewritten")
-        console.print(
-            "the function's role must be allowed to read it (secretsmanager:GetSecretValue); "
-            f"check with: post-call-push lint --bot-id {report.bot_id}"
-        )
+        console.print(f"next: {report.rotate}")
+        console.print(f"check the bot as the function will read it: post-call-push lint --bot-id {report.bot_id}")
     for note in report.left_in_place:
         console.print(f"  - {note}")
     return code

@@ -5,6 +5,12 @@ result and ``integration_log``, written at the first outcome and when the
 delivery ends) and the delivery-state table (attempts, the next attempt, the
 claim, and the attempts made since the call item was last written). Status
 reads both, so an operator sees attempt 5 while the call item still shows 1.
+
+An attempt the CRM answered whose write to the call item failed is "answered,
+not yet written" (``push_cli/delivery_item.py``): a record message, or the
+delivery's next write, carries it. Status says so and, when the retry
+dead-letter queue holds messages, points at ``dlq redrive``; it never
+suggests a replay for it, which would push the call again (contract §12).
 """
 
 from __future__ import annotations
@@ -16,13 +22,24 @@ from typing import Any
 
 from rich.console import Console
 
+from crm_push.clock import iso_utc
 from crm_push.config import BotConfig
-from crm_push.delivery import NO_ANSWER_KINDS, iso_utc, schedule_for
+from crm_push.error_kinds import NO_ANSWER_KINDS
+from crm_push.retry_policy import schedule_for
+from push_cli.delivery_item import LATE_AFTER_SECONDS, decided_not_written, unwritten_answers
 from push_cli.display import print_json, row, table, truncate
-from push_cli.runbook import CRM_DOWN, CRM_REJECTS, PUSH_NOT_SENT, RECORDING_LINK, Check, command
+from push_cli.runbook import (
+    CRM_DOWN,
+    CRM_REJECTS,
+    PUSH_NOT_SENT,
+    RECORDING_LINK,
+    RUNBOOK_PATH,
+    Check,
+    command,
+)
 
-# A scheduled attempt rides the retry queue in hops of at most 15 minutes; one this late lost its message.
-LATE_AFTER_SECONDS = 20 * 60
+# The runbook section for answers waiting to be written and for dead letters (an unnumbered section).
+DEAD_LETTERS_SECTION = f"{RUNBOOK_PATH}#dead-letters-are-redriven-not-replayed"
 RECORDED_ON_CALL = "call"
 RECORDED_IN_STATE = "state table"
 
@@ -60,6 +77,9 @@ class DeliveryView:
     claim_expired: bool = False  # a claim whose holder died before recording anything
     last_written_by: str | None = None
     unrecorded: list[HistoryEntry] = field(default_factory=list)  # attempts only in the state table so far
+    unwritten: int = 0  # of those, attempts the CRM answered that the call item should carry already
+    answered_not_written: bool = False  # the answer ended the delivery; only its write is pending
+    dead_letters: int | None = None  # messages in the retry dead-letter queue (None: not read)
 
 
 @dataclass
@@ -166,6 +186,8 @@ def _delivery_view(
         view.claim_held = lease >= int(epoch_now)
         view.claim_expired = not view.claim_held
     view.unrecorded = [_history_entry(e, RECORDED_IN_STATE) for e in _push_entries(state.get("log"))]
+    view.unwritten = len(unwritten_answers(state))
+    view.answered_not_written = decided_not_written(state)
     return view
 
 
@@ -185,8 +207,13 @@ def build_status(
     delivery: Mapping[str, Any] | None = None,
     delivery_unread: str = "",
     now: datetime | None = None,
+    dead_letters: int | None = None,
 ) -> StatusReport:
-    """The report for ``call``; ``delivery`` is its state-table item (``delivery_unread`` says why there is none)."""
+    """The report for ``call``; ``delivery`` is its state-table item (``delivery_unread`` says why there is none).
+
+    ``dead_letters`` is how many messages the retry dead-letter queue holds
+    (``dlq.parked_count``), None when it was not read.
+    """
     now = now or datetime.now(UTC)
     latest = call.get("post_call_push_result")
     latest = dict(latest) if isinstance(latest, Mapping) else None
@@ -205,9 +232,43 @@ def build_status(
         if isinstance(events, list)
         else [],
     )
+    report.delivery.dead_letters = dead_letters
+    if report.delivery.answered_not_written:
+        report.diagnosis, report.next_commands = _answered_not_written(report)
+        report.runbook = f"{DEAD_LETTERS_SECTION} (answered, not yet written)"
+        return report
     check, report.diagnosis, report.next_commands = _diagnose(call, bot, report, bot_exists=bot_exists)
     report.runbook = f"{check.reference} (check {check.number}: {check.title})" if check else ""
     return report
+
+
+def _answered_not_written(report: StatusReport) -> tuple[str, list[str]]:
+    """The CRM answered and the answer ended the delivery; only the call item's write is missing.
+
+    Never a replay: that would push the call a second time. The answer is
+    written by the record message that carries it (or the next trigger of
+    the call); a dead-lettered one is put back with ``dlq redrive``.
+    """
+    call_id = report.call_id
+    attempt = report.latest_attempt or {}
+    what = f"the CRM answered attempt {attempt.get('attempts') or '?'} ({attempt.get('status') or '?'}"
+    what += f" HTTP {attempt['http_status']})" if attempt.get("http_status") is not None else ")"
+    diagnosis = (
+        f"answered, not yet written: {what}, and writing it to the call item failed. The answer is kept in the "
+        "state table and a record message carries it to the call; it is never sent again"
+    )
+    parked = report.delivery.dead_letters
+    if parked:
+        return (
+            f"{diagnosis}. The retry dead-letter queue holds {parked} message(s): if this call's record is "
+            "among them, redrive it (fix the cause first: the function's errors). Do not replay this call",
+            [command("dlq", "list", "--call-id", call_id), command("dlq", "redrive", "--call-id", call_id)],
+        )
+    return (
+        f"{diagnosis}. Nothing to do unless it stays so: look again in a few minutes (the retry queue "
+        "retries the write); do not replay this call",
+        [command("status", "--call-id", call_id)],
+    )
 
 
 # --- what it means ------------------------------------------------------------------------------
@@ -287,13 +348,18 @@ def _diagnose(
             )
         wait = delivery.next_attempt_in_seconds
         if wait is not None and wait < -LATE_AFTER_SECONDS:
-            return (
-                CRM_DOWN,
+            late = (
                 f"{what}; {following} was due at {delivery.next_attempt_at} ({in_words(wait)} ago) and has not "
-                "run: its retry-queue message is late or lost (see the retry dead-letter queue and the "
-                "function's errors). A replay pushes it now",
-                [replay],
+                "run: its retry-queue message is late, lost or dead-lettered"
             )
+            if delivery.dead_letters:
+                return (
+                    CRM_DOWN,
+                    f"{late}. The retry dead-letter queue holds {delivery.dead_letters} message(s): redrive this "
+                    "call's (it wakes the call; nothing already answered is sent again)",
+                    [command("dlq", "list", "--call-id", call_id), command("dlq", "redrive", "--call-id", call_id)],
+                )
+            return CRM_DOWN, f"{late} (see the function's errors). A replay makes that attempt now", [replay]
         when = f"in {in_words(wait)}" if wait is not None and wait >= 0 else "due now"
         return (
             CRM_DOWN,
@@ -379,13 +445,20 @@ def _never_pushed(
             [command("status", "--call-id", call_id)],
         )
     if delivery.claim_expired:
-        return (
-            PUSH_NOT_SENT,
+        died = (
             f"a push ({delivery.claim_by or 'unknown trigger'}) claimed the call and died before recording an "
-            f"attempt (Lambda timeout or crash: see the function's logs); its lease ended at "
-            f"{delivery.claim_until}, so the next delivery of the trigger takes over, or a replay does now",
-            [replay],
+            f"attempt (Lambda timeout or crash, or its writes failed: see the function's logs); its lease ended at "
+            f"{delivery.claim_until}"
         )
+        if delivery.dead_letters:
+            # A version that kept nothing in the state when the call write failed parked the CRM's answer there.
+            return (
+                PUSH_NOT_SENT,
+                f"{died}. The retry dead-letter queue holds {delivery.dead_letters} message(s): if one is a record "
+                "of this call, the CRM already answered - redrive it, do not replay. Otherwise replay it",
+                [command("dlq", "list", "--call-id", call_id), command("dlq", "redrive", "--call-id", call_id)],
+            )
+        return PUSH_NOT_SENT, f"{died}, so the next delivery of the trigger takes over, or a replay does now", [replay]
     if delivery.state == "scheduled" and delivery.next_attempt_at:
         wait = delivery.next_attempt_in_seconds
         when = f"in {in_words(wait)}" if wait is not None and wait >= 0 else f"{in_words(wait or 0)} ago"
@@ -427,11 +500,18 @@ def _delivery_lines(report: StatusReport) -> list[str]:
         lines.append(f"  claim: held by {delivery.claim_by or 'a push'} until {delivery.claim_until}")
     elif delivery.claim_expired:
         lines.append(f"  claim: expired at {delivery.claim_until} without a recorded attempt (its holder died)")
-    if delivery.unrecorded:
+    if delivery.unwritten:
+        lines.append(
+            f"  answered, not yet written: {delivery.unwritten} attempt(s) the CRM answered are not on the call "
+            "item yet; a record message or the delivery's next write carries them (never a replay)"
+        )
+    elif delivery.unrecorded:
         lines.append(
             f"  {len(delivery.unrecorded)} attempt(s) so far only in the state table: the call item gets them "
             "when the delivery ends"
         )
+    if delivery.dead_letters:
+        lines.append(f"  retry dead-letter queue: {delivery.dead_letters} message(s) parked (post-call-push dlq list)")
     if delivery.note:
         lines.append(f"  ({delivery.note})")
     return lines

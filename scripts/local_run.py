@@ -172,6 +172,7 @@ def _play_hanging_crm(stack: Any, app: Any) -> bool:
     import time
 
     from crm_push.adapters.destination_gate import read_circuit
+    from crm_push.ports import GateKey
     from crm_push.push import destination_of
     from scripts.local_crm import CrmAnswer
     from scripts.local_stack import LambdaContextStub
@@ -214,7 +215,8 @@ def _play_hanging_crm(stack: Any, app: Any) -> bool:
             kinds[key] = kinds.get(key, 0) + 1
     for key, count in sorted(kinds.items()):
         print(f"  {count} x {key}")
-    circuit = read_circuit(stack.dynamodb, stack.resources.state_table, destination_of(bot["post_call_push"]["url"]))
+    gate_key = GateKey(destination_of(bot["post_call_push"]["url"]), bot.get("tenant_id") or bot["bot_id"])
+    circuit = read_circuit(stack.dynamodb, stack.resources.state_table, gate_key)
     print(f"circuit: {json.dumps(circuit.as_json() if circuit else None)}")
     stack.crm.responder = lambda _req: CrmAnswer()
     return circuit is not None and circuit.state == "OPEN" and "held: failed/circuit_open/attempts 0" in " ".join(kinds)

@@ -1,4 +1,4 @@
-"""The circuit breaker per destination (contract §10): the real handler, DynamoDB Local, moto SQS, a real CRM.
+"""The circuit breaker per (destination, scope) (contract §10, §12): the real handler, DynamoDB Local, a real CRM.
 
 The CRM is ``LocalCrm`` made to hang (it accepts the request and never
 answers in time), to refuse with a 4xx, or to recover. The handler is the
@@ -6,6 +6,7 @@ real one, wired by ``build_deps``; only the numbers are shortened so the test
 takes seconds: a 1 s attempt instead of 10 s, a 5 s recovery timeout
 instead of 60 s. The retry queue is the moto queue, read and fed back to the
 handler as SQS events in real time (messages become visible when due).
+Two tenants on one host are in test_gate_tenancy.py (the gate on DynamoDB Local).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from crm_push.adapters.destination_gate import (
     state_table_gate,
     verdict_on,
 )
-from crm_push.push import PushRequest, destination_of
+from crm_push.clock import iso_utc
+from crm_push.ports import GateKey, PushRequest
 from scripts.local_crm import CrmAnswer, ReceivedRequest
 from scripts.local_stack import MetricCounter, small_calls
 from tests.conftest import LambdaContextStub, Stack, insert_event
@@ -53,10 +55,15 @@ class Arrival:
     circuit: str  # the circuit's state in the table when the request arrived
 
 
+def gate_key(stack: Stack, bot: dict[str, Any]) -> GateKey:
+    """The circuit the sample bot's pushes go through: LocalCrm's url is scheme://host:port, the destination itself."""
+    return GateKey(stack.crm.url, str(bot.get("tenant_id") or bot["bot_id"]))
+
+
 class ScriptedCrm:
     """The CRM's behaviour, switchable mid-test: ``hang``, or answer ``status`` after ``delay`` seconds."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, key: GateKey) -> None:
         self.stack = stack
         self.hang = True
         self.status = 200
@@ -64,7 +71,7 @@ class ScriptedCrm:
         self.arrivals: list[Arrival] = []
         self.release = threading.Event()
         self._lock = threading.Lock()
-        self._circuit_key = {"pk": {"S": circuit_name(destination_of(stack.crm.url))}}
+        self._circuit_key = {"pk": {"S": circuit_name(key)}}
 
     def circuit_state(self) -> str:
         item = self.stack.dynamodb.get_item(
@@ -89,8 +96,8 @@ class ScriptedCrm:
 
 
 @pytest.fixture
-def scripted_crm(stack: Stack) -> Iterator[ScriptedCrm]:
-    scripted = ScriptedCrm(stack)
+def scripted_crm(stack: Stack, sample_bot: dict[str, Any]) -> Iterator[ScriptedCrm]:
+    scripted = ScriptedCrm(stack, gate_key(stack, sample_bot))
     stack.crm.responder = scripted
     try:
         yield scripted
@@ -145,9 +152,9 @@ def deliver_retry_queue(stack: Stack, invoke: Callable[..., Any], done: Callable
             time.sleep(0.2)
 
 
-def circuit_item(stack: Stack) -> dict[str, Any]:
-    key = {"pk": {"S": circuit_name(destination_of(stack.crm.url))}}
-    item: dict[str, Any] = stack.dynamodb.get_item(TableName=stack.state_table, Key=key, ConsistentRead=True)["Item"]
+def circuit_item(stack: Stack, key: GateKey) -> dict[str, Any]:
+    pk = {"pk": {"S": circuit_name(key)}}
+    item: dict[str, Any] = stack.dynamodb.get_item(TableName=stack.state_table, Key=pk, ConsistentRead=True)["Item"]
     return item
 
 
@@ -175,14 +182,14 @@ def test_a_hanging_crm_opens_the_circuit_then_one_probe_closes_it_and_every_call
     # the rest of the batch was held back at once instead of waiting out its attempts
     assert 5 <= len(scripted_crm.arrivals) <= 5 + CONCURRENCY - 1
     assert len(tried) == len(scripted_crm.arrivals)
-    item = circuit_item(stack)
+    item = circuit_item(stack, gate_key(stack, sample_bot))
     assert (item["state"]["S"], item["failure_count"]["N"]) == ("OPEN", "5")
     probe_at = datetime.fromtimestamp(int(item["opened_at"]["N"]) + RECOVERY_SECONDS, UTC)
     for call_id in held:
         # an open circuit is the call's first outcome, and spends no attempt (contract §10)
         result = first[call_id]
         assert (result["status"], result["attempts"]) == ("failed", 0)
-        assert result["next_attempt_at"] == probe_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert result["next_attempt_at"] == iso_utc(probe_at)
     for call_id in tried:
         assert (first[call_id]["status"], first[call_id]["attempts"]) == ("failed", 1)
         assert first[call_id]["next_attempt_at"]
@@ -202,7 +209,7 @@ def test_a_hanging_crm_opens_the_circuit_then_one_probe_closes_it_and_every_call
     assert after[0].circuit == "HALF_OPEN"
     assert all(a.circuit == "CLOSED" for a in after[1:])
     # and its success closed the circuit
-    assert circuit_item(stack)["state"]["S"] == "CLOSED"
+    assert circuit_item(stack, gate_key(stack, sample_bot))["state"]["S"] == "CLOSED"
     assert metrics.counts["CircuitClosed"] == 1
     assert metrics.counts["CircuitOpened"] == 1
     # and every call was delivered exactly once; a held call reached the CRM only then
@@ -221,7 +228,7 @@ def test_a_container_that_starts_after_the_circuit_opened_sends_nothing(
     metrics = MetricCounter()
     call_ids = seed(stack, sample_bot, 10, "later")
     protected_handler(stack, metrics, monkeypatch)(insert_event(*[stack.get_call(c) for c in call_ids[:6]]))
-    assert circuit_item(stack)["state"]["S"] == "OPEN"
+    assert circuit_item(stack, gate_key(stack, sample_bot))["state"]["S"] == "OPEN"
     sent = len(scripted_crm.arrivals)
 
     # When a fresh container (its own clients and cache) gets the next calls
@@ -261,7 +268,7 @@ def test_5xx_and_429_open_the_circuit_while_a_refusing_crm_does_not(
     # Then a failing CRM is spared after 5 failures, and a refusing one gets every call (it is working)
     circuits = list_circuits(stack.dynamodb, stack.state_table)
     if opens:
-        assert [(c.state, c.failure_count) for c in circuits] == [("OPEN", 5)]
+        assert [(c.key, c.state, c.failure_count) for c in circuits] == [(gate_key(stack, sample_bot), "OPEN", 5)]
         assert len(scripted_crm.arrivals) <= 5 + CONCURRENCY - 1
         assert metrics.counts["CircuitOpened"] == 1
     else:
@@ -307,7 +314,7 @@ def test_operators_list_circuits_and_close_one_by_hand(
     scripted_crm.hang, scripted_crm.status = False, 503
     call_ids = seed(stack, sample_bot, 6, "ops")
     protected_handler(stack, MetricCounter(), monkeypatch)(insert_event(*[stack.get_call(c) for c in call_ids]))
-    destination = destination_of(stack.crm.url)
+    key = gate_key(stack, sample_bot)
     monkeypatch.setenv("PUSH_STATE_TABLE", stack.state_table)
 
     # When an operator lists the circuits
@@ -315,30 +322,30 @@ def test_operators_list_circuits_and_close_one_by_hand(
     assert main(["circuits", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
 
-    # Then the destination shows open, with its failures and when the next probe goes
-    view = read_circuit(stack.dynamodb, stack.state_table, destination)
+    # Then the bot's (destination, scope) shows open, with its failures and when the next probe goes
+    view = read_circuit(stack.dynamodb, stack.state_table, key)
     assert view is not None
     assert (view.state, view.failure_count) == ("OPEN", 5)
-    assert read_circuit(stack.dynamodb, stack.state_table, "https://never-failed.example.com:443") is None
-    assert [(c["destination"], c["state"], c["failure_count"]) for c in listed["circuits"]] == [
-        (destination, "OPEN", 5)
+    never_failed = GateKey("https://never-failed.example.com:443", key.scope)
+    assert read_circuit(stack.dynamodb, stack.state_table, never_failed) is None
+    assert [(c["destination"], c["scope"], c["state"], c["failure_count"]) for c in listed["circuits"]] == [
+        (key.destination, key.scope, "OPEN", 5)
     ]
-    opened_at = int(circuit_item(stack)["opened_at"]["N"])
+    opened_at = int(circuit_item(stack, key)["opened_at"]["N"])
     probe_at = datetime.fromtimestamp(opened_at + CircuitSettings().recovery_timeout_seconds, UTC)
-    assert listed["circuits"][0]["next_probe_at"] == probe_at.isoformat().replace("+00:00", "Z")
+    assert listed["circuits"][0]["next_probe_at"] == iso_utc(probe_at)
     assert main(["circuits"]) == 0
     table = capsys.readouterr().out
-    assert destination in table
+    assert key.destination in table
+    assert key.scope in table
     assert "open" in table.lower()
 
-    # When the operator closes it by hand (given as the bot's url, credentials and all)
-    url_with_secret = stack.crm.url.replace("http://", "http://user:s3cret@") + "/api?key=k"
-    assert main(["circuits", "--close", url_with_secret]) == 0
-    said = capsys.readouterr()
+    # When the operator closes it by hand (destination and scope, as listed)
+    assert main(["circuits", "--close", key.destination, "--scope", key.scope]) == 0
+    capsys.readouterr()
 
     # Then it is closed, and a fresh container sends again at once
-    assert circuit_item(stack)["state"]["S"] == "CLOSED"
-    assert "s3cret" not in said.out + said.err
+    assert circuit_item(stack, key)["state"]["S"] == "CLOSED"
     scripted_crm.status = 200
     more = seed(stack, sample_bot, 2, "ops-after")
     invoke = protected_handler(stack, MetricCounter(), monkeypatch)
@@ -352,5 +359,7 @@ def test_closing_a_destination_without_a_circuit_says_so(
     from push_cli.main import main
 
     monkeypatch.setenv("PUSH_STATE_TABLE", stack.state_table)
-    assert main(["circuits", "--close", "https://crm.example.com"]) == 2
-    assert "https://crm.example.com:443" in capsys.readouterr().err
+    assert main(["circuits", "--close", "https://crm.example.com:443", "--scope", "tenant-a"]) == 2
+    said = capsys.readouterr().err
+    assert "https://crm.example.com:443" in said
+    assert "tenant-a" in said

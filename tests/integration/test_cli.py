@@ -890,18 +890,20 @@ def test_status_shows_the_destinations_circuit(capsys, stack, seeded):
     from aws_lambda_powertools.utilities.circuit_breaker import CircuitBreakerConfig
 
     from crm_push.adapters.destination_gate import circuit_name, state_table_persistence
+    from crm_push.ports import GateKey
     from crm_push.push import destination_of
 
     bot = stack.dynamodb.get_item(TableName=stack.bots_table, Key={"bot_id": {"S": seeded["bot_id"]}})["Item"]
     destination = destination_of(bot["post_call_push"]["M"]["url"]["S"])
+    key = GateKey(destination, seeded["bot_id"])
 
     code, out, _ = run(capsys, "status", "--call-id", seeded["call_id"])
     assert code == 0
     assert f"Circuit of {destination}: closed" in out
 
     persistence = state_table_persistence(stack.dynamodb, stack.state_table)
-    persistence.configure(CircuitBreakerConfig(recovery_timeout=60), circuit_name(destination))
-    persistence.save_open(circuit_name(destination), 5, int(time.time()))
+    persistence.configure(CircuitBreakerConfig(recovery_timeout=60), circuit_name(key))
+    persistence.save_open(circuit_name(key), 5, int(time.time()))
 
     code, out, _ = run(capsys, "status", "--call-id", seeded["call_id"], "--json")
     assert code == 0

@@ -5,6 +5,7 @@ moto's Secrets Manager and SSM, the test DynamoDB, ``main(argv)`` in-process. No
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import uuid
@@ -14,8 +15,13 @@ from typing import Any
 import pytest
 
 from crm_push.adapters.dynamodb import from_item
+from crm_push.config import SecretRef
+from crm_push.secrets import ReferencePrefixes
 from push_cli import secrets as secrets_cli
+from push_cli.context import Context
+from push_cli.lint import lint_bot
 from push_cli.main import main
+from scripts.local_crm import CrmAnswer, LocalCrm
 from tests.conftest import Stack
 
 TOKEN = "Bearer sk_live_cli_0a1b2c3d4e5f"
@@ -74,7 +80,7 @@ def test_lint_warns_about_a_plaintext_token_and_names_the_migration(capsys, stac
 
 
 def test_lint_resolves_every_reference_with_the_operators_credentials(capsys, stack, bot, secretsmanager, ssm):
-    name = f"post-call-push/{bot['bot_id']}"
+    name = f"post-call-push/{bot['bot_id']}/crm"
     secretsmanager.create_secret(Name=name, SecretString=json.dumps({"token": TOKEN, "whsec": SIGNING}))
     ssm.put_parameter(Name=f"/{name}/key", Value=API_KEY, Type="SecureString")
     bot["post_call_push"].pop("token")
@@ -93,7 +99,7 @@ def test_lint_resolves_every_reference_with_the_operators_credentials(capsys, st
 
 
 def test_lint_names_each_reference_that_does_not_resolve_and_why(capsys, stack, bot, secretsmanager):
-    name = f"post-call-push/{bot['bot_id']}"
+    name = f"post-call-push/{bot['bot_id']}/crm"
     secretsmanager.create_secret(Name=name, SecretString=json.dumps({"token": TOKEN}))
     bot["post_call_push"].pop("token")
     bot["post_call_push"]["headers"] = {
@@ -154,25 +160,28 @@ def test_a_dry_run_shows_what_would_move_masked_and_writes_nothing(capsys, stack
     code, out = run(capsys, "secrets", "migrate", "--bot-id", bot_id, "--dry-run")
 
     assert code == 0
-    assert f"would move to secret post-call-push/{bot_id}" in out
+    assert f"would move to secret post-call-push/{bot_id}/{bot_id}/credentials" in out
     for where in ("token", "headers.Authorization", "headers.X-Api-Key", "signing_secret[0]", "signing_secret[1]"):
         assert f"post_call_push.{where}" in out
     assert "Bearer ***(29 chars)" in out  # the scheme and the length, not one character of the token
     assert "headers.X-Session: a template" in out
     assert "wrote nothing" in out
+    assert "after the migration, rotate the moved credentials" in out
     assert stored_push(stack, bot_id) == before
     with pytest.raises(secretsmanager.exceptions.ResourceNotFoundException):
-        secretsmanager.get_secret_value(SecretId=f"post-call-push/{bot_id}")
+        secretsmanager.get_secret_value(SecretId=f"post-call-push/{bot_id}/{bot_id}/credentials")
 
 
 def test_migrate_moves_plaintext_into_one_secret_and_leaves_references(capsys, stack, plaintext_bot, secretsmanager):
     bot_id = plaintext_bot["bot_id"]
-    name = f"post-call-push/{bot_id}"
+    name = f"post-call-push/{bot_id}/{bot_id}/credentials"  # a bot without tenant_id is its own scope
 
     code, out = run(capsys, "secrets", "migrate", "--bot-id", bot_id)
 
     assert code == 0, out
     assert f"secret {name} created; read back; bot {bot_id}'s config rewritten" in out
+    assert "next: rotate the moved credentials at the CRM now" in out
+    assert "point-in-time-recovery backups for 35 days" in out
     assert secret_document(secretsmanager, name) == {
         "token": "Bearer sk_live_sample_token_not_real",
         "headers.Authorization": TOKEN,
@@ -204,7 +213,7 @@ def test_migrate_moves_plaintext_into_one_secret_and_leaves_references(capsys, s
 
 
 def test_migrate_into_an_existing_secret_keeps_its_other_keys(capsys, stack, plaintext_bot, secretsmanager):
-    name = f"shared/{plaintext_bot['bot_id']}"
+    name = f"post-call-push/{plaintext_bot['bot_id']}/shared"
     secretsmanager.create_secret(Name=name, SecretString=json.dumps({"other_system": "kept-as-is-7777"}))
 
     code, out = run(capsys, "secrets", "migrate", "--bot-id", plaintext_bot["bot_id"], "--secret-name", name)
@@ -217,7 +226,7 @@ def test_migrate_into_an_existing_secret_keeps_its_other_keys(capsys, stack, pla
 
 
 def test_migrate_refuses_a_secret_that_is_not_a_json_object(capsys, stack, plaintext_bot, secretsmanager):
-    name = f"plain/{plaintext_bot['bot_id']}"
+    name = f"post-call-push/{plaintext_bot['bot_id']}/plain"
     secretsmanager.create_secret(Name=name, SecretString="not json at all")
     before = stored_push(stack, plaintext_bot["bot_id"])
 
@@ -268,13 +277,150 @@ def test_migrate_of_an_unknown_bot_exits_2(capsys, stack):
     assert "bot bot-nope is not in the Bots table" in out
 
 
+def test_migrate_writes_under_the_bots_tenant(capsys, stack, plaintext_bot, secretsmanager):
+    bot_id = plaintext_bot["bot_id"]
+    plaintext_bot["tenant_id"] = f"tenant-{bot_id}"
+    stack.put_bot(plaintext_bot)
+    name = f"post-call-push/tenant-{bot_id}/{bot_id}/credentials"
+
+    code, report = run_json(capsys, "secrets", "migrate", "--bot-id", bot_id)
+
+    assert code == 0, report
+    assert report["scope"] == f"tenant-{bot_id}"
+    assert report["secret_name"] == name
+    assert report["config_rewritten"] is True
+    assert "rotate the moved credentials" in report["rotate"]
+    assert secret_document(secretsmanager, name)["headers.X-Api-Key"] == API_KEY
+    assert stored_push(stack, bot_id)["headers"]["X-Api-Key"] == {"secret": name, "key": "headers.X-Api-Key"}
+
+
+@pytest.mark.parametrize(
+    "secret_name",
+    [
+        "shared/{bot_id}",  # outside the prefix
+        "post-call-push/other-tenant/{bot_id}",  # another scope
+        "post-call-push/{bot_id}/../other-tenant/x",
+    ],
+)
+def test_migrate_refuses_a_secret_name_outside_the_bots_scope(
+    capsys, stack, plaintext_bot, secretsmanager, secret_name
+):
+    bot_id = plaintext_bot["bot_id"]
+    name = secret_name.format(bot_id=bot_id)
+    before = stored_push(stack, bot_id)
+
+    code, out = run(capsys, "secrets", "migrate", "--bot-id", bot_id, "--secret-name", name)
+
+    said = " ".join(out.split())  # the console wraps long lines
+    assert code == 2
+    assert f"secret {name} is outside the scope of bot {bot_id}, which has no tenant_id" in said
+    assert f"Pass a --secret-name under post-call-push/{bot_id}/ (no '.' or '..' segments)" in said
+    assert stored_push(stack, bot_id) == before
+    with pytest.raises(secretsmanager.exceptions.ResourceNotFoundException):
+        secretsmanager.get_secret_value(SecretId=name)
+
+
+def test_migrate_uses_the_deployed_prefix_from_the_environment_or_the_option(
+    capsys, stack, plaintext_bot, secretsmanager, monkeypatch
+):
+    # Audit #14: a stack deployed with another prefix must not get secrets its function cannot read.
+    bot_id = plaintext_bot["bot_id"]
+    monkeypatch.setenv("SECRETS_NAME_PREFIX", "crm/")
+
+    code, report = run_json(capsys, "secrets", "migrate", "--bot-id", bot_id, "--dry-run")
+    assert code == 0
+    assert report["secret_name"] == f"crm/{bot_id}/{bot_id}/credentials"
+
+    code, out = run(capsys, "secrets", "migrate", "--bot-id", bot_id, "--secret-name", f"post-call-push/{bot_id}/x")
+    assert code == 2
+    assert f"Pass a --secret-name under crm/{bot_id}/" in " ".join(out.split())
+
+    code, report = run_json(
+        capsys, "secrets", "migrate", "--bot-id", bot_id, "--secrets-name-prefix", "tenants/crm/", "--dry-run"
+    )
+    assert code == 0
+    assert report["secret_name"] == f"tenants/crm/{bot_id}/{bot_id}/credentials"
+
+
+def test_the_deployed_prefixes_come_from_the_options_then_the_environment_then_the_functions_defaults():
+    parser = argparse.ArgumentParser()
+    secrets_cli.add_prefix_options(parser)
+
+    def prefixes(argv: list[str], environ: dict[str, str]) -> tuple[str, str]:
+        args = parser.parse_args(argv)
+        found = secrets_cli.deployed_prefixes(args, Context.from_options(args, environ))
+        return found.secrets_name, found.parameters_path
+
+    assert prefixes([], {}) == ("post-call-push/", "/post-call-push/")
+    env = {"SECRETS_NAME_PREFIX": "crm/", "PARAMETERS_PATH_PREFIX": "/crm/"}
+    assert prefixes([], env) == ("crm/", "/crm/")
+    assert prefixes(["--secrets-name-prefix", "x/", "--parameters-path-prefix", "/x/"], env) == ("x/", "/x/")
+
+
+def test_lint_refuses_a_reference_outside_the_scope_without_reading_it(stack, bot, secretsmanager, ssm):
+    # Both exist and the operator may read both: only the scope rule makes the second an error.
+    ours, theirs = f"post-call-push/{bot['bot_id']}/crm", "post-call-push/other-tenant/crm"
+    for name in (ours, theirs):
+        secretsmanager.create_secret(Name=name, SecretString=json.dumps({"token": TOKEN}))
+    bot["post_call_push"].pop("token")
+    bot["post_call_push"]["headers"] = {
+        "Authorization": {"secret": ours, "key": "token"},
+        "X-Api-Key": {"secret": theirs, "key": "token"},
+        "X-Other": {"parameter": "/post-call-push/other-tenant/key"},
+    }
+    read: list[str] = []
+    ctx = Context.from_options(argparse.Namespace(), {})
+    resolver = secrets_cli.store_resolver(ctx)
+    original = resolver.resolve
+
+    def counted(ref: SecretRef, *, fresh: bool = False) -> str:
+        read.append(ref.describe())
+        return original(ref, fresh=fresh)
+
+    resolver.resolve = counted  # type: ignore[method-assign]
+    prefixes = ReferencePrefixes("post-call-push/", "/post-call-push/")
+
+    report = lint_bot(bot, bot["bot_id"], secret_resolver=lambda: resolver, reference_prefixes=prefixes)
+
+    errors = {f.where: f for f in report.findings if f.severity == "error"}
+    assert set(errors) == {"post_call_push.headers.X-Api-Key", "post_call_push.headers.X-Other"}
+    assert "outside this bot's scope" in errors["post_call_push.headers.X-Api-Key"].problem
+    assert f"bot {bot['bot_id']} (it has no tenant_id)" in errors["post_call_push.headers.X-Api-Key"].suggestion
+    assert "error_kind secret, final" in errors["post_call_push.headers.X-Other"].suggestion
+    assert read == [f"secret {ours} key token"]
+
+    # --skip-secrets reads nothing, and the scope rule still holds.
+    unread = lint_bot(bot, bot["bot_id"], reference_prefixes=prefixes)
+    assert {f.where for f in unread.findings if f.severity == "error"} == set(errors)
+    assert any("1 secret reference(s) not checked" in f.problem for f in unread.findings)
+
+
+def test_lint_advice_follows_the_stores_error_code(stack, bot):
+    # A store that denies access: the advice is chosen by the code, whatever the message says.
+    body = json.dumps({"__type": "AccessDeniedException", "message": "resource not found, try creating it"})
+    with LocalCrm(lambda _req: CrmAnswer(400, body.encode(), {"Content-Type": "application/x-amz-json-1.1"})) as store:
+        ctx = Context.from_options(argparse.Namespace(endpoint_url=store.url, region="us-east-1"), {})
+        bot["post_call_push"]["token"] = {"secret": f"post-call-push/{bot['bot_id']}/crm", "key": "token"}
+
+        report = lint_bot(
+            bot,
+            bot["bot_id"],
+            secret_resolver=lambda: secrets_cli.store_resolver(ctx),
+            reference_prefixes=ReferencePrefixes("post-call-push/", "/post-call-push/"),
+        )
+
+    [error] = [f for f in report.findings if f.severity == "error"]
+    assert "access denied to this function (AccessDeniedException)" in error.problem
+    assert error.suggestion.startswith("check that both your credentials and the function's role can read it")
+
+
 # --- preview -------------------------------------------------------------------------------------
 
 
 def test_preview_shows_what_is_signed_and_where_each_credential_comes_from(
     capsys, stack, bot, sample_call, secretsmanager, tmp_path: Path
 ):
-    name = f"post-call-push/{bot['bot_id']}"
+    name = f"post-call-push/{bot['bot_id']}/crm"
     bot["post_call_push"].pop("token")
     bot["post_call_push"]["headers"] = {"Authorization": {"secret": name, "key": "token"}, "X-Api-Key": API_KEY}
     bot["post_call_push"]["signing_secret"] = [SIGNING, {"secret": name, "key": "whsec"}]

@@ -26,8 +26,11 @@ import pytest
 import urllib3
 
 from crm_push.adapters import crm_http
-from crm_push.adapters.crm_http import TOTAL_TIMEOUT_SECONDS, CrmHttpSender
-from crm_push.push import PushRequest, SendOutcome, status_for
+from crm_push.adapters.crm_http import MAX_BODY_BYTES, CrmHttpSender
+from crm_push.attempt import status_for
+from crm_push.ports import ATTEMPT_SECONDS, MAX_RESPONSE_BODY_CHARS, PushRequest, SendOutcome
+from crm_push.push_url import parse_push_url
+from crm_push.redaction import scrub
 from crm_push.retry_after import parse_retry_after
 from scripts.local_crm import CrmAnswer, LocalCrm, ReceivedRequest
 
@@ -270,24 +273,48 @@ def test_non_utf8_body_is_stored_with_replacement_characters(crm_answers: tuple[
     assert outcome.response_body == "caf\ufffd \ufffd\ufffd bad"
 
 
-def test_get_sends_the_query_and_url_credentials_as_basic_auth(crm: LocalCrm) -> None:
-    host_port = crm.url.removeprefix("http://").replace("127.0.0.1", "localhost")
-    url = f"http://crm%40user:p%3Ass@{host_port}/lookup?phone=%2B919800000000&attempt=1"
+def test_get_sends_the_query_and_the_basic_auth_the_core_made_of_the_url(crm: LocalCrm) -> None:
+    host_port = crm.url.removeprefix("http://").replace("127.0.0.1", "LocalHost")
+    configured = parse_push_url(f"http://crm%40user:p%3Ass@{host_port}/lookup?phone=%2B919800000000")
+    basic = configured.basic_auth
+    assert basic is not None
+    request = push_request(configured.request_url("attempt=1"), method="GET", headers={"Authorization": basic})
 
-    outcome = make_sender().send(push_request(url, method="GET"))
+    outcome = make_sender().send(request)
 
     assert outcome.http_status == 200
     received = crm.requests[0]
     assert (received.method, received.path) == ("GET", "/lookup")
     assert received.query == {"phone": "+919800000000", "attempt": "1"}
-    assert received.headers["Host"] == host_port  # the name as written, though we connected to 127.0.0.1
-    assert received.headers["Authorization"] == "Basic Y3JtQHVzZXI6cDpzcw=="  # crm@user:p:ss
+    assert received.headers["Host"] == host_port.lower()  # the name as read, though we connected to 127.0.0.1
+    assert received.headers["Authorization"] == "Basic Y3JtQHVzZXI6cDpzcw=="  # crm@user:p:ss, once
 
 
-def test_an_explicit_authorization_header_wins_over_url_credentials(crm: LocalCrm) -> None:
-    url = crm.url.replace("http://", "http://user:pw@")
-    make_sender().send(push_request(url, headers={"Authorization": "Bearer tok"}))
-    assert crm.requests[0].headers["Authorization"] == "Bearer tok"
+def test_a_request_url_with_user_info_is_not_sent(crm: LocalCrm) -> None:
+    # The core sends user info as the Authorization header; the sender is never a second source of it.
+    url = crm.url.replace("http://", "http://crm-user:pw-4242@")
+
+    outcome = make_sender().send(push_request(url, headers={"Authorization": "Bearer tok"}))
+
+    assert (outcome.http_status, outcome.error_kind, outcome.attempts) == (None, "internal", 0)
+    assert outcome.error is not None
+    assert "user info" in outcome.error
+    assert "pw-4242" not in outcome.error
+    assert crm.requests == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://attacker.example\\@127.0.0.1/x", "http://a@b@127.0.0.1/", "http://127.0.0.1/ x", "ftp://127.0.0.1/"],
+    ids=["backslash", "two-at-signs", "space", "scheme"],
+)
+def test_a_url_the_one_parser_refuses_is_a_config_failure_and_nothing_is_tried(url: str, crm: LocalCrm) -> None:
+    outcome = make_sender().send(push_request(url))
+
+    assert (outcome.http_status, outcome.error_kind, outcome.attempts) == (None, "config", 0)
+    assert outcome.error is not None
+    assert outcome.error.startswith("url ")
+    assert "attacker" not in outcome.error
 
 
 def test_connections_are_reused_between_sends() -> None:
@@ -477,13 +504,67 @@ def test_a_dripping_2xx_body_is_cut_off_and_the_status_stands() -> None:
     assert 0.45 < elapsed < 3.0
 
 
-def test_the_default_total_timeout_is_ten_seconds() -> None:
-    assert TOTAL_TIMEOUT_SECONDS == 10.0
-    assert CrmHttpSender().total_timeout == 10.0
+def test_the_default_total_timeout_is_the_attempt_budget() -> None:
+    assert ATTEMPT_SECONDS == 10.0  # contract §8
+    assert CrmHttpSender().total_timeout == ATTEMPT_SECONDS
+
+
+def blocking_resolver(release: threading.Event, calls: list[str]) -> Callable[[str, int], list[str]]:
+    """A resolver like getaddrinfo on a black-holed nameserver: it answers only once released."""
+
+    def resolve(host: str, port: int) -> list[str]:
+        calls.append(host)
+        release.wait(30)
+        return ["127.0.0.1"]
+
+    return resolve
+
+
+def test_a_dns_lookup_that_hangs_ends_within_the_attempt_budget(crm: LocalCrm) -> None:
+    release, calls = threading.Event(), list[str]()
+    sender = make_sender(resolve=blocking_resolver(release, calls))
+    url = crm.url.replace("127.0.0.1", "blackholed.example")
+    try:
+        outcome, elapsed = timed_send(sender, push_request(url))
+    finally:
+        release.set()
+
+    assert calls == ["blackholed.example"]
+    assert (outcome.http_status, outcome.error_kind, outcome.attempts) == (None, "dns", 1)  # a lookup is a try
+    assert outcome.error == "could not resolve host blackholed.example: the lookup took over 0.5s"
+    assert elapsed < 3.0  # the budget (0.5 s), not the resolver's 30 s
+    assert crm.requests == []
+
+
+def test_a_hanging_dns_lookup_stops_at_the_lambda_deadline_too(crm: LocalCrm) -> None:
+    release, calls = threading.Event(), list[str]()
+    sender = make_sender(resolve=blocking_resolver(release, calls), total_timeout=30.0)
+    try:
+        outcome, elapsed = timed_send(sender, push_request(crm.url), deadline=time.monotonic() + 0.3)
+    finally:
+        release.set()
+
+    assert (outcome.error_kind, outcome.attempts) == ("dns", 1)
+    assert elapsed < 3.0
+
+
+def test_the_sender_connects_by_its_resolver(crm: LocalCrm) -> None:
+    calls: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        calls.append(f"{host}:{port}")
+        return ["127.0.0.1"]
+
+    port = crm.url.rsplit(":", 1)[1]
+    outcome = make_sender(resolve=resolve).send(push_request(f"http://crm.example:{port}/in"))
+
+    assert (outcome.http_status, outcome.error_kind) == (200, None)
+    assert calls == [f"crm.example:{port}"]
+    assert crm.requests[0].headers["Host"] == f"crm.example:{port}"
 
 
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
-def test_a_50mb_body_is_read_only_as_far_as_stored(chunked: bool) -> None:
+def test_a_50mb_body_is_read_only_up_to_the_byte_limit(chunked: bool) -> None:
     with RawServer(huge_body(chunked)) as server:
         sender = make_sender(total_timeout=5.0)
         tracemalloc.start()
@@ -495,10 +576,33 @@ def test_a_50mb_body_is_read_only_as_far_as_stored(chunked: bool) -> None:
         time.sleep(0.1)  # let the server notice the closed connection
 
     assert (outcome.http_status, outcome.error_kind, outcome.attempts) == (200, None, 1)
-    assert outcome.response_body == "x" * 2000
+    assert outcome.response_body == "x" * MAX_BODY_BYTES  # not cut to the stored length: the core does that
     assert elapsed < 4.0
     assert peak < 2_000_000  # bytes: nothing like 50 MB was buffered
     assert server.bytes_sent < 20 * 1024 * 1024  # we closed rather than drained
+
+
+@pytest.mark.parametrize("filler", ["x", "\N{GRINNING FACE}"], ids=["ascii", "four-byte-characters"])
+def test_a_credential_echoed_across_the_stored_length_comes_back_whole_for_the_core_to_scrub(filler: str) -> None:
+    # Audit #8: cut first, and a credential straddling the cut is stored in part. The sender cuts nothing
+    # at the stored length, so the core's scrub sees the whole credential before it cuts.
+    secret = "sk_live_0123456789abcdef"
+    before = filler * (MAX_RESPONSE_BODY_CHARS - 10)  # the secret starts 4 characters before the cut
+    body = (before + f"token {secret} rejected").encode()
+    answer = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    def echo(conn: socket.socket, server: RawServer) -> None:
+        server.read_request(conn)
+        server.send(conn, answer)
+
+    with RawServer(echo) as server:
+        outcome = make_sender().send(push_request(server.url))
+
+    assert outcome.response_body == body.decode()
+    assert "sk_l" in outcome.response_body[:MAX_RESPONSE_BODY_CHARS]  # cutting first would keep this prefix
+    stored = scrub(outcome.response_body, [secret])[:MAX_RESPONSE_BODY_CHARS]
+    assert "sk_l" not in stored
+    assert stored.endswith("token *** ")
 
 
 # --- the status line arrived, the body did not: the status stands -----------------------------
@@ -753,7 +857,8 @@ SECRETS = ("s3cr3t-pw", "k123", "tok-ABC", "hdr-XYZ", "crm-admin")
         ("no-answer", "connection"),
         ("guard", "destination_refused"),
         ("503", "http_status"),
-        ("bad-scheme", "destination_refused"),
+        ("bad-scheme", "config"),
+        ("userinfo", "internal"),
     ],
 )
 def test_errors_and_logs_never_hold_credentials(
@@ -782,8 +887,9 @@ def test_errors_and_logs_never_hold_credentials(
             crm = stack.enter_context(LocalCrm(lambda _r: CrmAnswer(503, b"busy")))
             where = crm.url.removeprefix("http://")
         scheme = "https" if scenario == "tls" else "ftp" if scenario == "bad-scheme" else "http"
-        url = f"{scheme}://crm-admin:s3cr3t-pw@{where}/v1/leads?api_key=k123&x=1"
-        headers = {"Authorization": "Bearer tok-ABC", "X-Api-Key": "hdr-XYZ"}
+        userinfo = "crm-admin:s3cr3t-pw@" if scenario == "userinfo" else ""
+        url = f"{scheme}://{userinfo}{where}/v1/leads?api_key=k123&x=1"
+        headers = {"Authorization": "Bearer tok-ABC", "X-Api-Key": "hdr-XYZ", "X-User": "crm-admin s3cr3t-pw"}
 
         outcome = sender.send(push_request(url, method="GET", headers=headers))
 

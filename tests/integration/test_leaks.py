@@ -114,7 +114,7 @@ def leaky_stores(stack: Stack, aws: AwsEndpoints) -> str:
             },
         }
     )
-    name = f"post-call-push/leak-{uuid.uuid4().hex[:8]}"
+    name = f"post-call-push/bot-leaky/leak-{uuid.uuid4().hex[:8]}"
     boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws.moto).create_secret(
         Name=name, SecretString=json.dumps({"api_key": REFERENCED_SECRET})
     )
@@ -214,7 +214,7 @@ def test_crm_echo_is_scrubbed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given credentials in every place a config can hold them: a header, a referenced header, the query, the userinfo
-    name = f"post-call-push/echo-{uuid.uuid4().hex[:8]}"
+    name = f"post-call-push/{sample_bot['bot_id']}/echo-{uuid.uuid4().hex[:8]}"
     boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws.moto).create_secret(
         Name=name, SecretString=json.dumps({"api_key": REFERENCED_SECRET})
     )

@@ -1,9 +1,10 @@
-"""The rate limit per destination (contract §10), across concurrent invocations, on DynamoDB Local.
+"""The rate limit per (destination, scope) (contract §10, §12), across concurrent invocations, on DynamoDB Local.
 
 Two copies of the real handler module are two containers invoked at once;
 the only thing they share is the per-second counter in the state table. The
 CRM (``LocalCrm``) notes when each request arrives, and "calendar second"
-is read off those arrival times, as the contract measures it.
+is read off those arrival times, as the contract measures it. Two tenants with
+different limits on one host are in test_gate_tenancy.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 import pytest
 
 from crm_push.adapters.destination_gate import state_table_gate
-from crm_push.push import destination_of
 from scripts.local_crm import CrmAnswer, ReceivedRequest
 from scripts.local_stack import MetricCounter
 from tests.conftest import LambdaContextStub, Stack, insert_event
@@ -87,8 +87,9 @@ def seed(stack: Stack, bot: dict[str, Any], limit: float, count: int) -> list[di
     return calls
 
 
-def rate_counters(stack: Stack) -> dict[str, int]:
-    prefix = f"rate#{destination_of(stack.crm.url)}#"
+def rate_counters(stack: Stack, bot: dict[str, Any]) -> dict[str, int]:
+    # LocalCrm's url is scheme://host:port, the destination itself; the scope is the bot's tenant, else the bot.
+    prefix = f"rate#{bot.get('tenant_id') or bot['bot_id']}#{stack.crm.url}#"
     items = stack.dynamodb.scan(
         TableName=stack.state_table,
         FilterExpression="begins_with(pk, :p)",
@@ -137,7 +138,7 @@ def test_thirty_calls_from_two_concurrent_invocations_keep_to_five_a_second_and_
     assert queued(stack) == []
     assert metrics.counts["RateLimited"] > 0
     # and no per-second counter went past the limit, whoever took its slots
-    assert max(rate_counters(stack).values()) == 5
+    assert max(rate_counters(stack, sample_bot).values()) == 5
 
 
 def test_far_below_one_a_second_a_held_call_rides_the_retry_queue_without_an_attempt(

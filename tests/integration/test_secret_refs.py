@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import threading
 import uuid
 from typing import Any
 
@@ -253,3 +254,192 @@ def test_one_fetch_serves_every_key_of_a_secret_until_the_cache_age():
         assert len(requests) == 2
 
     assert all(r.headers.get("X-Amz-Target") == "secretsmanager.GetSecretValue" for r in requests)
+
+
+# --- fresh reads (audit #15) ------------------------------------------------------------------
+
+
+def count_reads(*clients: Any) -> list[str]:
+    """Every GetSecretValue / GetParameter a client sends (botocore's before-call hook: the wire, not a fake)."""
+    sent: list[str] = []
+
+    def seen(model: Any, **_: Any) -> None:
+        if model.name in {"GetSecretValue", "GetParameter"}:
+            sent.append(model.name)
+
+    for client in clients:
+        client.meta.events.register("before-call.*.*", seen)
+    return sent
+
+
+def test_a_fresh_read_sees_a_rotation_at_once_and_refreshes_the_cache(secretsmanager, ssm, names):
+    secretsmanager.create_secret(Name=names, SecretString=json.dumps({"token": "Bearer old-token-1111"}))
+    ssm.put_parameter(Name=f"/{names}/key", Value="old-key-2222", Type="SecureString")
+    resolver = resolver_for(secretsmanager, ssm)
+    token, parameter = SecretRef(secret=names, key="token"), SecretRef(parameter=f"/{names}/key")
+    assert resolver.resolve(token) == "Bearer old-token-1111"
+    assert resolver.resolve(parameter) == "old-key-2222"
+    reads = count_reads(secretsmanager, ssm)
+
+    secretsmanager.put_secret_value(SecretId=names, SecretString=json.dumps({"token": "Bearer new-token-3333"}))
+    ssm.put_parameter(Name=f"/{names}/key", Value="new-key-4444", Type="SecureString", Overwrite=True)
+    assert resolver.resolve(token) == "Bearer old-token-1111"  # cached: the clock has not moved
+    assert resolver.resolve(token, fresh=True) == "Bearer new-token-3333"
+    assert resolver.resolve(parameter, fresh=True) == "new-key-4444"
+
+    # The fresh value is what the cache serves from now on.
+    assert resolver.resolve(token) == "Bearer new-token-3333"
+    assert resolver.resolve(parameter) == "new-key-4444"
+    assert reads == ["GetSecretValue", "GetParameter"]
+
+
+def test_a_fresh_pass_over_a_push_reads_each_store_entry_once(secretsmanager, ssm, names):
+    secretsmanager.create_secret(Name=names, SecretString=json.dumps({"token": TOKEN, "whsec": SIGNING}))
+    config = PostCallPushConfig.model_validate(
+        {
+            "url": "https://crm.example.com/in",
+            "headers": {"Authorization": {"secret": names, "key": "token"}},
+            "signing_secret": {"secret": names, "key": "whsec"},
+        }
+    )
+    resolver = resolver_for(secretsmanager, ssm)
+    resolve_push_credentials(config, resolver)
+    reads = count_reads(secretsmanager)
+
+    fresh = resolve_push_credentials(config, resolver, fresh=True)
+
+    assert fresh.headers == {"Authorization": TOKEN}
+    assert fresh.signing_secrets == (SIGNING,)
+    assert reads == ["GetSecretValue"]  # two keys of one secret: one read
+
+
+def test_a_fresh_read_that_fails_is_reported_like_any_read(secretsmanager, ssm, names):
+    secretsmanager.create_secret(Name=names, SecretString=TOKEN)
+    resolver = resolver_for(secretsmanager, ssm)
+    assert resolver.resolve(SecretRef(secret=names)) == TOKEN
+    secretsmanager.delete_secret(SecretId=names, ForceDeleteWithoutRecovery=True)
+
+    error = unavailable_fresh(resolver, SecretRef(secret=names))
+
+    assert error.problem == "not_found"
+    assert error.transient is False
+
+
+def unavailable_fresh(resolver: StoreSecretResolver, ref: SecretRef) -> SecretUnavailable:
+    with pytest.raises(SecretUnavailable) as raised:
+        resolver.resolve(ref, fresh=True)
+    return raised.value
+
+
+# --- threads: one slow entry holds up no other ---------------------------------------------------
+
+
+class GatedStore:
+    """A Secrets Manager client whose reads of ``slow`` wait for ``release``; every read is logged in order.
+
+    Each read answers the store's current ``version`` of the secret, so a test sees which read served whom.
+    """
+
+    def __init__(self, slow: str) -> None:
+        self.slow = slow
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.log: list[str] = []
+        self.version = 1
+        self._lock = threading.Lock()
+
+    def get_secret_value(self, SecretId: str, **_: Any) -> dict[str, Any]:
+        with self._lock:
+            version = self.version
+            self.log.append(f"read {SecretId} v{version}")
+        if SecretId == self.slow and not self.release.is_set():
+            self.entered.set()
+            assert self.release.wait(30), "the test never released the slow read"
+        return {"Name": SecretId, "SecretString": f"value-of-{SecretId}-v{version}"}
+
+
+class WatchedResolver(StoreSecretResolver):
+    """Signals each time a thread asks for an entry's lock: the point after which it is waiting its turn."""
+
+    def __init__(self, store: GatedStore) -> None:
+        super().__init__(store, clock=ManualClock())
+        self.asking: dict[str, threading.Event] = {}
+
+    def _lock_for(self, entry: Any) -> threading.Lock:
+        event = self.asking.get(threading.current_thread().name)
+        if event is not None:
+            event.set()
+        return super()._lock_for(entry)
+
+
+def in_thread(name: str, work: Any, results: dict[str, Any], asking: dict[str, threading.Event]) -> threading.Thread:
+    asking[name] = threading.Event()
+
+    def run() -> None:
+        try:
+            results[name] = work()
+        except BaseException as exc:  # handed to the test thread
+            results[name] = exc
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_slow_read_of_one_secret_never_holds_up_another(names):
+    store = GatedStore(slow=f"{names}/slow")
+    resolver = WatchedResolver(store)
+    results: dict[str, Any] = {}
+    slow = in_thread("slow", lambda: resolver.resolve(SecretRef(secret=f"{names}/slow")), results, resolver.asking)
+    assert store.entered.wait(10)
+
+    fast = in_thread("fast", lambda: resolver.resolve(SecretRef(secret=f"{names}/fast")), results, resolver.asking)
+    fast.join(10)  # a guard against a deadlock, not a time budget: the order below is the assertion
+
+    assert not fast.is_alive(), "the fast read waited for the slow one"
+    assert results["fast"] == f"value-of-{names}/fast-v1"
+    assert slow.is_alive()  # the slow read is still in the store
+    assert "slow" not in results
+    store.release.set()
+    slow.join(10)
+    assert results["slow"] == f"value-of-{names}/slow-v1"
+    assert store.log == [f"read {names}/slow v1", f"read {names}/fast v1"]
+
+
+def test_threads_wanting_one_stale_entry_share_one_read(names):
+    store = GatedStore(slow=names)
+    resolver = WatchedResolver(store)
+    results: dict[str, Any] = {}
+    first = in_thread("first", lambda: resolver.resolve(SecretRef(secret=names)), results, resolver.asking)
+    assert store.entered.wait(10)
+    second = in_thread("second", lambda: resolver.resolve(SecretRef(secret=names)), results, resolver.asking)
+    assert resolver.asking["second"].wait(10)  # waiting behind the first read
+
+    store.release.set()
+    for thread in (first, second):
+        thread.join(10)
+
+    assert results == {"first": f"value-of-{names}-v1", "second": f"value-of-{names}-v1"}
+    assert store.log == [f"read {names} v1"]
+
+
+def test_a_fresh_read_is_never_served_by_a_read_begun_before_it_was_asked(names):
+    # Read 1 began before the rotation; callers asking fresh during it must get a later read. Two of them
+    # asking at once share that later read rather than making one each.
+    store = GatedStore(slow=names)
+    resolver = WatchedResolver(store)
+    results: dict[str, Any] = {}
+    ref = SecretRef(secret=names)
+    first = in_thread("first", lambda: resolver.resolve(ref), results, resolver.asking)
+    assert store.entered.wait(10)
+    store.version = 2  # rotated while read 1 is on the wire
+    again = [in_thread(n, lambda: resolver.resolve(ref, fresh=True), results, resolver.asking) for n in ("b", "c")]
+    assert resolver.asking["b"].wait(10)
+    assert resolver.asking["c"].wait(10)
+
+    store.release.set()
+    for thread in (first, *again):
+        thread.join(10)
+
+    assert results == {"first": f"value-of-{names}-v1", "b": f"value-of-{names}-v2", "c": f"value-of-{names}-v2"}
+    assert store.log == [f"read {names} v1", f"read {names} v2"]

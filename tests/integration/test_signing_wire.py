@@ -14,6 +14,9 @@ import pytest
 import urllib3
 from standardwebhooks import Webhook
 
+from crm_push.adapters.crm_http import CrmHttpSender
+from crm_push.ports import PushRequest
+from crm_push.push_url import parse_push_url
 from crm_push.signing import signed_content, webhook_headers
 from tests.conftest import REGION, insert_event
 
@@ -75,6 +78,23 @@ def test_a_get_verifies_with_the_query_the_receiver_saw(receiver: RawReceiver, q
     Webhook(SECRET).verify(seen_query, receiver.headers[0], json_parse=False)
 
 
+@pytest.mark.parametrize("configured", ["/hook?src=bot&city=Zürich", "/hook", "/h%c3%a9?x=a|b"])
+def test_a_get_the_sender_sends_verifies_with_the_query_the_receiver_saw(
+    receiver: RawReceiver, configured: str
+) -> None:
+    # What the function does: one parse of the url, the payload appended, signed, and sent by CrmHttpSender.
+    url = parse_push_url(receiver.url + configured).request_url("lead=L-1&name=Asha K&note=50% off@noon")
+    headers = {"Idempotency-Key": "call-wire-3"}
+    headers.update(webhook_headers("call-wire-3", int(time.time()), signed_content("GET", url, None), [SECRET]))
+
+    outcome = CrmHttpSender(allow_private_networks=True).send(PushRequest("call-wire-3", "GET", url, headers, None, ""))
+
+    assert outcome.http_status == 204
+    seen_query = receiver.targets[0].partition("?")[2]
+    assert seen_query.endswith("lead=L-1&name=Asha%20K&note=50%25%20off%40noon")
+    Webhook(SECRET).verify(seen_query, receiver.headers[0], json_parse=False)
+
+
 def test_a_post_verifies_with_the_body_the_receiver_saw(receiver: RawReceiver) -> None:
     body = '{"customer_name":"Asha K","note":"ünïcode"}'.encode()
     headers = webhook_headers("call-wire-2", int(time.time()), signed_content("POST", receiver.url, body), [SECRET])
@@ -90,7 +110,8 @@ def test_the_function_signs_its_push_with_every_secret_of_a_rotation(
 ) -> None:
     # Given a bot rotating from a plaintext secret to one kept in Secrets Manager
     next_secret = "whsec_" + base64.b64encode(b"next-wire-secret-bytes-0123456789").decode()
-    name = f"post-call-push/sign-{sample_call['call_id']}"
+    scope = sample_bot.get("tenant_id") or sample_bot["bot_id"]  # a reference resolves only in its scope (§12)
+    name = f"post-call-push/{scope}/sign-{sample_call['call_id']}"
     boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws.moto).create_secret(
         Name=name, SecretString=next_secret
     )

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from crm_push.adapters.crm_http import CrmHttpSender
-from crm_push.push import PushRequest, status_for
+from crm_push.attempt import status_for
+from crm_push.ports import PushRequest
 from scripts.local_crm import CrmAnswer, LocalCrm
 
 # Each spelling means 127.0.0.1 to the OS resolver.
@@ -82,8 +83,18 @@ def test_only_http_and_https_even_when_private_networks_are_allowed(url: str) ->
 
     assert outcome.http_status is None
     assert outcome.error is not None
-    assert "only http and https" in outcome.error
-    assert (outcome.error_kind, outcome.attempts) == ("destination_refused", 0)
+    assert "http://" in outcome.error or "must be http or https" in outcome.error
+    assert (outcome.error_kind, outcome.attempts) == ("config", 0)  # final, and nothing was tried
+
+
+def test_the_host_a_backslash_hides_is_never_reached(crm: LocalCrm) -> None:
+    # Audit #5: urlsplit read victim.example, urllib3 connected to the host before the backslash.
+    outcome = sender(allow_private_networks=True).send(
+        push_request(f"http://127.0.0.1:{port_of(crm)}\\@victim.example/x")
+    )
+
+    assert (outcome.http_status, outcome.error_kind, outcome.attempts) == (None, "config", 0)
+    assert crm.requests == []
 
 
 class FakeDns:

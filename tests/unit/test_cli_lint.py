@@ -159,7 +159,7 @@ def test_nested_templates_and_header_templates_are_linted(bot):
     ("push", "where", "fragment"),
     [
         ({"url": "https://crm.example.com", "key_mapper": "x"}, "post_call_push", "must be a map"),
-        ({"url": "https://crm.example.com", "method": "PATCH"}, "post_call_push", "method"),
+        ({"url": "https://crm.example.com", "method": "DELETE"}, "post_call_push", "method"),
         ({"url": "ftp://crm.example.com"}, "post_call_push", "scheme must be http or https"),
         ({"url": "https://crm.example.com", "headers": {"X-Key": "a\nb"}}, "post_call_push", "control character"),
     ],

@@ -15,110 +15,38 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from aws_lambda_powertools.utilities.circuit_breaker import CircuitState
-from aws_lambda_powertools.utilities.circuit_breaker.persistence import (
-    CircuitBreakerPersistenceLayer,
-    CircuitStateRecord,
-)
-from aws_lambda_powertools.utilities.circuit_breaker.persistence.base import CircuitBreakerExistingLockError
-from botocore.exceptions import EndpointConnectionError
+from aws_lambda_powertools.utilities.circuit_breaker.persistence import CircuitStateRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crm_push.adapters.destination_gate import (
+    MAX_RATE_WINDOW_SECONDS,
     CircuitAndRateGate,
     CircuitSettings,
     circuit_name,
     rate_window,
     verdict_on,
 )
-from crm_push.push import HeldBack, SendOutcome
-from tests.fakes import FakeClock
-
-OK = SendOutcome(200, '{"ok":true}', None, 1, 12)
-BAD_REQUEST = SendOutcome(400, "missing field", None, 1, 5, "http_status")
-DOWN = SendOutcome(503, "down", None, 1, 8, "http_status")
-HUNG = SendOutcome(None, "", "timed out after 10.0s without a complete answer", 1, 10_000, "timeout")
-NOT_TRIED = SendOutcome(None, "", "not sent: no time left before the Lambda's deadline", 0, 0, None)
-
-
-class MemoryCircuits(CircuitBreakerPersistenceLayer):
-    """Circuit records in a dict, with the conditional probe election Powertools' DynamoDB layer makes."""
-
-    def __init__(self, records: dict[str, CircuitStateRecord] | None = None) -> None:
-        super().__init__()
-        self.records: dict[str, CircuitStateRecord] = {} if records is None else records
-        self._store_lock = threading.Lock()
-
-    def _get_record(self, name: str) -> CircuitStateRecord | None:
-        with self._store_lock:
-            return self.records.get(name)
-
-    def _put_record(
-        self, record: CircuitStateRecord, condition: str | None = None, expected_opened_at: int | None = None
-    ) -> None:
-        with self._store_lock:
-            if condition == "half_open":
-                now = int(time.time())
-                current = self.records.get(record.name)
-                electable = current is not None and (
-                    (
-                        current.state == CircuitState.OPEN
-                        and current.half_open_owner is None
-                        and (expected_opened_at is None or current.opened_at == expected_opened_at)
-                    )
-                    or (
-                        current.state == CircuitState.HALF_OPEN
-                        and current.probe_lease_expiry is not None
-                        and current.probe_lease_expiry <= now
-                    )
-                )
-                if not electable:
-                    raise CircuitBreakerExistingLockError
-            self.records[record.name] = record
-
-    def _update_record(self, record: CircuitStateRecord) -> None:
-        with self._store_lock:
-            self.records[record.name] = record
-
-
-class MemoryRateCounter:
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.takes = 0
-        self.down = False
-        self._lock = threading.Lock()
-
-    def take(self, key: str, capacity: int, expires_at: int) -> int | None:
-        if self.down:
-            raise EndpointConnectionError(endpoint_url="http://dynamodb")
-        with self._lock:
-            self.takes += 1
-            if self.counts[key] >= capacity:
-                return None
-            self.counts[key] += 1
-            return self.counts[key]
-
-
-class ScriptedSends:
-    """The CRM behind the gate: each send returns the next scripted outcome and is counted."""
-
-    def __init__(self, *outcomes: SendOutcome) -> None:
-        self.outcomes = list(outcomes)
-        self.sent = 0
-
-    def __call__(self) -> SendOutcome:
-        self.sent += 1
-        return self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
-
-
-def destination() -> str:
-    # Powertools counts failures per circuit name in module state: every test gets its own destination.
-    return f"https://crm-{uuid.uuid4().hex[:8]}.example.com:443"
+from crm_push.config import MIN_RATE_LIMIT_PER_SECOND
+from crm_push.ports import HeldBack, SendOutcome
+from tests.unit.gate_fakes import (
+    BAD_REQUEST,
+    DOWN,
+    HUNG,
+    NOT_TRIED,
+    OK,
+    FakeClock,
+    MemoryCircuits,
+    MemoryRateCounter,
+    ScriptedSends,
+    gate_key,
+)
 
 
 def make_gate(
@@ -164,6 +92,10 @@ def wait_for_probe_time(circuits: MemoryCircuits, name: str, recovery: int) -> N
         (SendOutcome(500, "", None, 1, 5, "http_status"), "failure"),
         (SendOutcome(429, "", None, 1, 5, "http_status", retry_after="30"), "failure"),
         (SendOutcome(408, "", None, 1, 5, "http_status"), "failure"),
+        # a spent quota is the CRM answering for one tenant, not failing (contract §14)
+        (SendOutcome(429, "", None, 1, 5, "quota", retry_after="3600"), "healthy"),
+        (SendOutcome(503, "", None, 1, 5, "quota", retry_after="7200"), "healthy"),
+        (SendOutcome(200, '{"success":false}', None, 1, 5, "crm_rejected"), "healthy"),
         (HUNG, "failure"),
         (SendOutcome(None, "", "could not connect: connection refused", 1, 2, "connection"), "failure"),
         (SendOutcome(None, "", "could not resolve host crm.example.com", 1, 2, "dns"), "failure"),
@@ -171,6 +103,11 @@ def wait_for_probe_time(circuits: MemoryCircuits, name: str, recovery: int) -> N
         (NOT_TRIED, "no_verdict"),
         (SendOutcome(None, "", "destination refused", 0, 0, "destination_refused"), "no_verdict"),
         (SendOutcome(None, "", "internal error while sending: KeyError", 1, 0, "internal"), "no_verdict"),
+        # the token endpoint's answer, or our own config and secrets, say nothing about the CRM
+        (SendOutcome(503, "", "token endpoint answered 503", 1, 5, "auth"), "no_verdict"),
+        (SendOutcome(400, "", "invalid_client", 1, 5, "auth"), "no_verdict"),
+        (SendOutcome(None, "", "secret unavailable", 1, 0, "secret"), "no_verdict"),
+        (SendOutcome(None, "", "unresolved template in url", 1, 0, "config"), "no_verdict"),
     ],
 )
 def test_what_an_attempt_says_about_the_destination(outcome: SendOutcome, verdict: str) -> None:
@@ -182,7 +119,7 @@ def test_what_an_attempt_says_about_the_destination(outcome: SendOutcome, verdic
 
 def test_five_consecutive_failures_open_the_circuit_and_hold_calls_until_the_probe_time() -> None:
     gate, circuits, _, metrics = make_gate()
-    where = destination()
+    where = gate_key()
     crm = ScriptedSends(HUNG)
     for _ in range(5):
         assert gate.send(where, None, crm) == HUNG
@@ -199,7 +136,7 @@ def test_five_consecutive_failures_open_the_circuit_and_hold_calls_until_the_pro
 
 def test_a_crm_that_answers_4xx_is_working_and_breaks_the_streak() -> None:
     gate, circuits, _, metrics = make_gate()
-    where = destination()
+    where = gate_key()
     crm = ScriptedSends(*[DOWN] * 4, BAD_REQUEST, *[DOWN] * 4, *[BAD_REQUEST] * 20)
     outcomes = [gate.send(where, None, crm) for _ in range(29)]
     assert crm.sent == 29
@@ -210,7 +147,7 @@ def test_a_crm_that_answers_4xx_is_working_and_breaks_the_streak() -> None:
 
 def test_an_attempt_not_made_neither_counts_nor_breaks_the_streak() -> None:
     gate, circuits, _, _ = make_gate()
-    where = destination()
+    where = gate_key()
     crm = ScriptedSends(DOWN, DOWN, DOWN, DOWN, NOT_TRIED, DOWN)
     outcomes = [gate.send(where, None, crm) for _ in range(6)]
     assert outcomes[4] == NOT_TRIED
@@ -222,7 +159,7 @@ def test_requests_in_flight_when_the_circuit_opens_do_not_open_it_again() -> Non
     # other 7 fail after it opened. They were sent, so they come back as what they were, but
     # they must not count as fresh failures: that would reopen the circuit and report it twice.
     gate, circuits, _, metrics = make_gate()
-    where = destination()
+    where = gate_key()
     name = circuit_name(where)
     in_flight = threading.Barrier(12)
     opened = threading.Event()
@@ -259,7 +196,7 @@ def test_requests_in_flight_when_the_circuit_opens_do_not_open_it_again() -> Non
 
 def test_after_the_recovery_timeout_one_call_probes_and_its_success_closes_the_circuit() -> None:
     gate, circuits, _, metrics = make_gate(recovery=1, probe_answer=2.0)
-    where = destination()
+    where = gate_key()
     name = circuit_name(where)
     for _ in range(5):
         gate.send(where, None, lambda: DOWN)
@@ -301,7 +238,7 @@ def test_after_the_recovery_timeout_one_call_probes_and_its_success_closes_the_c
 
 def test_a_failed_probe_reopens_the_circuit_for_another_recovery_timeout() -> None:
     gate, circuits, _, metrics = make_gate(recovery=1)
-    where = destination()
+    where = gate_key()
     name = circuit_name(where)
     for _ in range(5):
         gate.send(where, None, lambda: HUNG)
@@ -325,7 +262,7 @@ def test_a_container_that_did_not_see_the_failures_holds_back_once_its_cached_st
     shared: dict[str, CircuitStateRecord] = {}
     first, _, _, _ = make_gate(circuits=MemoryCircuits(shared))
     second, _, _, _ = make_gate(circuits=MemoryCircuits(shared))
-    where = destination()
+    where = gate_key()
     assert second.send(where, None, lambda: OK) == OK  # caches "closed" for up to 5 s
     for _ in range(5):
         first.send(where, None, lambda: HUNG)
@@ -344,7 +281,17 @@ def at(second: int, microsecond: int = 0) -> datetime:
 
 @pytest.mark.parametrize(
     ("limit", "seconds", "capacity"),
-    [(5, 1, 5), (2.5, 1, 2), (1, 1, 1), (300, 1, 300), (0.5, 2, 1), (0.3, 4, 1), (1 / 60, 60, 1)],
+    [
+        (5, 1, 5),
+        (2.5, 1, 2),
+        (1, 1, 1),
+        (300, 1, 300),
+        (0.5, 2, 1),
+        (0.3, 4, 1),
+        (1 / 60, 60, 1),
+        (1 / 49, 49, 1),  # 1/(1/49) is 49.00000000000001 in floating point: still a 49 s window
+        (MIN_RATE_LIMIT_PER_SECOND, 3600, 1),
+    ],
 )
 def test_a_limit_becomes_whole_requests_per_calendar_window(limit: float, seconds: int, capacity: int) -> None:
     now = at(7, 300_000)
@@ -354,10 +301,40 @@ def test_a_limit_becomes_whole_requests_per_calendar_window(limit: float, second
     assert window.start <= now.timestamp() < window.start + seconds
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.floats(min_value=MIN_RATE_LIMIT_PER_SECOND, max_value=10_000, allow_nan=False),
+    epoch=st.floats(min_value=1.7e9, max_value=2.2e9, allow_nan=False),
+)
+def test_no_limit_the_config_allows_makes_a_window_over_an_hour_or_lets_more_through(
+    limit: float, epoch: float
+) -> None:
+    now = datetime.fromtimestamp(epoch, UTC)
+    window = rate_window(limit, now)
+    assert 1 <= window.seconds <= MAX_RATE_WINDOW_SECONDS == 3600
+    assert window.capacity >= 1
+    assert window.capacity / window.seconds <= limit * (1 + 1e-9)  # never more than the limit
+    assert window.start <= now.timestamp() < window.start + window.seconds
+
+
+@pytest.mark.parametrize("limit", [1 / 3601, 1e-9, 5e-324])
+def test_a_limit_below_the_floor_still_holds_a_call_for_an_hour_at_most(limit: float) -> None:
+    # Config refuses these (MIN_RATE_LIMIT_PER_SECOND); were one to get past it, a call waits an hour, not years.
+    window = rate_window(limit, at(7))
+    assert (window.seconds, window.capacity) == (3600, 1)
+    assert window.end - at(7) <= timedelta(hours=1)
+
+
+@pytest.mark.parametrize("limit", [0, -1, float("nan"), float("inf")])
+def test_a_limit_that_is_not_a_positive_number_is_refused(limit: float) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        rate_window(limit, at(7))
+
+
 def test_calls_in_one_second_are_spread_over_its_first_800_ms_not_sent_in_a_burst() -> None:
     clock = FakeClock(at(7, 100_000))
     gate, _, _, _ = make_gate(clock=clock)
-    where = destination()
+    where = gate_key()
     sent_at: list[datetime] = []
 
     def crm() -> SendOutcome:
@@ -372,7 +349,7 @@ def test_calls_in_one_second_are_spread_over_its_first_800_ms_not_sent_in_a_burs
 def test_over_the_limit_a_call_is_held_until_the_next_second_and_spends_no_slot() -> None:
     clock = FakeClock(at(7, 100_000))
     gate, _, rates, metrics = make_gate(clock=clock)
-    where = destination()
+    where = gate_key()
     crm = ScriptedSends(OK)
     outcomes = [gate.send(where, 5, crm) for _ in range(7)]
     assert outcomes[:5] == [OK] * 5
@@ -382,7 +359,10 @@ def test_over_the_limit_a_call_is_held_until_the_next_second_and_spends_no_slot(
     clock.now = at(8, 500_000)
     assert gate.send(where, 5, crm) == OK
     assert rates.counts == Counter(
-        {f"rate#{where}#{int(at(7).timestamp())}": 5, f"rate#{where}#{int(at(8).timestamp())}": 1}
+        {
+            f"rate#tenant-a#{where.destination}#{int(at(7).timestamp())}": 5,
+            f"rate#tenant-a#{where.destination}#{int(at(8).timestamp())}": 1,
+        }
     )
 
 
@@ -390,7 +370,7 @@ def test_in_the_last_200_ms_of_a_second_a_call_waits_for_the_next_so_it_arrives_
     clock = FakeClock(at(7, 850_000))
     gate, _, rates, _ = make_gate(clock=clock)
     crm = ScriptedSends(OK)
-    assert gate.send(destination(), 5, crm) == HeldBack("rate_limited", at(8))
+    assert gate.send(gate_key(), 5, crm) == HeldBack("rate_limited", at(8))
     assert (crm.sent, rates.takes) == (0, 0)
 
 
@@ -398,7 +378,7 @@ def test_a_call_held_up_past_its_slot_is_not_sent_late_into_the_next_second() ->
     # A starved thread wakes 0.7 s after its slot: sending now could land on top of the next second's calls.
     clock = FakeClock(at(7, 100_000))
     gate, _, _, _ = make_gate(clock=clock, sleep=lambda seconds: clock.advance(seconds + 0.7))
-    where = destination()
+    where = gate_key()
     crm = ScriptedSends(OK)
     assert gate.send(where, 5, crm) == OK  # the first slot needs no wait
     assert gate.send(where, 5, crm) == HeldBack("rate_limited", at(8))
@@ -408,7 +388,7 @@ def test_a_call_held_up_past_its_slot_is_not_sent_late_into_the_next_second() ->
 def test_each_destination_has_its_own_limit() -> None:
     clock = FakeClock(at(7, 100_000))
     gate, _, _, _ = make_gate(clock=clock)
-    one, other = destination(), destination()
+    one, other = gate_key(), gate_key()
     crm = ScriptedSends(OK)
     assert [gate.send(one, 1, crm), gate.send(other, 1, crm)] == [OK, OK]
     assert isinstance(gate.send(one, 1, crm), HeldBack)
@@ -417,7 +397,7 @@ def test_each_destination_has_its_own_limit() -> None:
 def test_below_one_a_second_a_call_over_the_limit_is_held_for_the_rest_of_its_window() -> None:
     clock = FakeClock(at(8, 100_000))  # 10:00:08 starts a 2 s window
     gate, _, _, _ = make_gate(clock=clock)
-    where = destination()
+    where = gate_key()
     assert gate.send(where, 0.5, lambda: OK) == OK
     clock.advance(1.0)
     assert gate.send(where, 0.5, lambda: OK) == HeldBack("rate_limited", at(10))
@@ -425,7 +405,7 @@ def test_below_one_a_second_a_call_over_the_limit_is_held_for_the_rest_of_its_wi
 
 def test_an_open_circuit_holds_a_call_before_it_takes_a_rate_slot() -> None:
     gate, _, rates, _ = make_gate()
-    where = destination()
+    where = gate_key()
     for _ in range(5):
         gate.send(where, None, lambda: HUNG)
     takes = rates.takes
@@ -439,7 +419,7 @@ def test_a_call_held_by_the_rate_limit_does_not_reset_the_failure_streak() -> No
     # Were the rate limit checked inside the breaker, its hold would count as a success.
     clock = FakeClock(at(7, 100_000))
     gate, circuits, _, _ = make_gate(clock=clock)
-    where = destination()
+    where = gate_key()
     for _ in range(4):
         assert gate.send(where, 4, lambda: DOWN) == DOWN
     assert isinstance(gate.send(where, 4, lambda: OK), HeldBack)  # the 5th in this second
@@ -454,11 +434,11 @@ def test_an_unreachable_counter_holds_the_call_briefly_rather_than_risk_the_crm(
     rates.down = True
     gate, _, _, _ = make_gate(clock=clock, rates=rates)
     crm = ScriptedSends(OK)
-    assert gate.send(destination(), 5, crm) == HeldBack("rate_limited", clock.now + timedelta(seconds=5))
+    assert gate.send(gate_key(), 5, crm) == HeldBack("rate_limited", clock.now + timedelta(seconds=5))
     assert crm.sent == 0
 
 
 def test_without_a_limit_no_counter_is_touched() -> None:
     gate, _, rates, _ = make_gate()
-    assert gate.send(destination(), None, lambda: OK) == OK
+    assert gate.send(gate_key(), None, lambda: OK) == OK
     assert rates.takes == 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -15,6 +17,7 @@ from crm_push.adapters.destination import (
     blocked_reason,
     resolve_destination,
 )
+from crm_push.push_url import parse_push_url
 
 
 @pytest.mark.parametrize(
@@ -93,19 +96,15 @@ def test_blocked_reason_classifies_addresses(address: str, reason: str | None) -
 def test_odd_spellings_of_internal_addresses_are_refused(url: str) -> None:
     # The OS resolver reads these spellings as the address they mean; the guard checks that number.
     with pytest.raises(DestinationRefused, match=r"^destination refused: .* address \("):
-        resolve_destination(url)
+        resolve_destination(parse_push_url(url))
 
 
-def test_allow_private_networks_lifts_only_the_address_check() -> None:
-    destination = resolve_destination("http://0x7f.1:8080/hook?x=1", allow_private_networks=True)
+def test_allow_private_networks_lifts_the_address_check() -> None:
+    destination = resolve_destination(parse_push_url("http://0X7F.1:8080/hook?x=1"), allow_private_networks=True)
     assert destination.addresses == ("127.0.0.1",)
-    assert destination.host == "0x7f.1"
-    assert destination.host_header == "0x7f.1:8080"
-    assert destination.target == "/hook?x=1"
-
-    for url in ("ftp://127.0.0.1/", "file:///etc/passwd", "gopher://127.0.0.1:70/", "//127.0.0.1/"):
-        with pytest.raises(DestinationRefused, match="only http and https"):
-            resolve_destination(url, allow_private_networks=True)
+    assert destination.url.host == "0x7f.1"
+    assert destination.url.host_header == "0x7f.1:8080"
+    assert destination.url.target == "/hook?x=1"
 
 
 def fake_dns(answers: dict[str, Sequence[str]]) -> Resolver:
@@ -120,31 +119,29 @@ def fake_dns(answers: dict[str, Sequence[str]]) -> Resolver:
 def test_any_internal_address_refuses_the_whole_host() -> None:
     resolve = fake_dns({"crm.example": ["8.8.8.8", "10.0.0.7"]})
     with pytest.raises(DestinationRefused) as refused:
-        resolve_destination("https://crm.example/x", resolve=resolve)
+        resolve_destination(parse_push_url("https://crm.example/x"), resolve=resolve)
     assert str(refused.value) == "destination refused: crm.example resolves to a private address (10.0.0.7)"
 
 
 def test_public_host_resolves_to_checked_addresses_ipv4_first() -> None:
     resolve = fake_dns({"crm.example": ["2606:4700::1", "93.184.216.34"]})
-    destination = resolve_destination("https://CRM.example:443/p%20q?a=1#frag", resolve=resolve)
-    assert destination.scheme == "https"
-    assert destination.host == "crm.example"
-    assert destination.port == 443
+    destination = resolve_destination(parse_push_url("https://CRM.example:443/p%20q?a=1#frag"), resolve=resolve)
+    assert (destination.url.scheme, destination.url.host, destination.url.port) == ("https", "crm.example", 443)
     assert destination.addresses == ("93.184.216.34", "2606:4700::1")
-    assert destination.host_header == "crm.example"  # default port left out
-    assert destination.target == "/p%20q?a=1"  # no fragment
+    assert destination.url.host_header == "crm.example"  # default port left out
+    assert destination.url.target == "/p%20q?a=1"  # no fragment
 
 
 def test_unresolvable_host_is_a_dns_failure() -> None:
     with pytest.raises(UnresolvableHost) as failed:
-        resolve_destination("https://crm.invalid/x", resolve=fake_dns({}))
+        resolve_destination(parse_push_url("https://crm.invalid/x"), resolve=fake_dns({}))
     assert str(failed.value) == "could not resolve host crm.invalid"
     assert failed.value.error_kind == "dns"
 
 
 def test_refusals_do_not_repeat_credentials() -> None:
     with pytest.raises(DestinationRefused) as refused:
-        resolve_destination("http://admin:hunter2@127.0.0.1:9/x?api_key=k123")
+        resolve_destination(parse_push_url("http://admin:hunter2@127.0.0.1:9/x?api_key=k123"))
     assert "hunter2" not in str(refused.value)
     assert "admin" not in str(refused.value)
     assert "k123" not in str(refused.value)
@@ -152,14 +149,58 @@ def test_refusals_do_not_repeat_credentials() -> None:
     assert refused.value.error_kind == "destination_refused"
 
 
-def test_userinfo_becomes_basic_auth() -> None:
-    destination = resolve_destination("http://us%40er:p%3Ass@127.0.0.1:81/", allow_private_networks=True)
-    assert destination.basic_auth() == "Basic dXNAZXI6cDpzcw=="  # base64("us@er:p:ss")
-    assert destination.host_header == "127.0.0.1:81"
-    assert resolve_destination("http://127.0.0.1/", allow_private_networks=True).basic_auth() is None
-
-
 def test_ipv6_host_header_is_bracketed() -> None:
-    destination = resolve_destination("http://[::1]:8080/", allow_private_networks=True)
+    destination = resolve_destination(parse_push_url("http://[::1]:8080/"), allow_private_networks=True)
     assert destination.addresses == ("::1",)
-    assert destination.host_header == "[::1]:8080"
+    assert destination.url.host_header == "[::1]:8080"
+
+
+def test_the_resolver_is_asked_for_the_parsed_host_and_port() -> None:
+    asked: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> Sequence[str]:
+        asked.append((host, port))
+        return ["93.184.216.34"]
+
+    resolve_destination(parse_push_url("https://u:p@CRM.Example:8443/in"), resolve=resolve, timeout=5.0)
+    resolve_destination(parse_push_url("http://crm.example/in"), resolve=resolve)
+
+    assert asked == [("crm.example", 8443), ("crm.example", 80)]
+
+
+def test_a_lookup_that_does_not_answer_in_time_is_a_dns_failure() -> None:
+    release = threading.Event()
+
+    def hangs(host: str, port: int) -> Sequence[str]:
+        release.wait(30)  # a black-holed nameserver: getaddrinfo cannot be interrupted
+        return ["93.184.216.34"]
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(UnresolvableHost) as failed:
+            resolve_destination(parse_push_url("https://slow.example/x"), resolve=hangs, timeout=0.2)
+    finally:
+        release.set()
+
+    assert str(failed.value) == "could not resolve host slow.example: the lookup took over 0.2s"
+    assert failed.value.error_kind == "dns"
+    assert time.monotonic() - started < 5  # bounded by the timeout, not by the resolver
+
+
+def test_no_time_left_means_no_wait() -> None:
+    release = threading.Event()
+
+    def hangs(host: str, port: int) -> Sequence[str]:
+        release.wait(30)
+        return ["93.184.216.34"]
+
+    try:
+        with pytest.raises(UnresolvableHost, match="took over"):
+            resolve_destination(parse_push_url("https://slow.example/x"), resolve=hangs, timeout=-1.0)
+    finally:
+        release.set()
+
+
+def test_a_lookup_that_fails_within_the_time_is_unresolvable() -> None:
+    with pytest.raises(UnresolvableHost, match=r"^could not resolve host crm\.invalid$"):
+        resolve_destination(parse_push_url("https://crm.invalid/x"), resolve=fake_dns({}), timeout=5.0)

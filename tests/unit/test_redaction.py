@@ -8,7 +8,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from crm_push.redaction import REDACTED, scrub, url_credential_values
+from crm_push.redaction import REDACTED, scrub
 
 TOKEN = "Bearer sk_live/9f8e+7d6c=5b4a"
 API_KEY = "hdr-secret-31337"
@@ -78,26 +78,3 @@ def test_short_values_and_empty_input_are_left_alone():
 
 def test_regex_characters_in_a_secret_are_literal():
     assert scrub("a.b*c+ and aXbbbc", ["a.b*c+"]) == "*** and aXbbbc"
-
-
-def test_url_credentials_are_the_userinfo_and_every_query_value():
-    url = f"https://{USER}:{quote(PASSWORD, safe='')}@crm.example.com/in?api_key=qs-secret-5151&sig=a%2Bb%3Dc&v=2"
-
-    values = url_credential_values(url)
-
-    assert {USER, PASSWORD, quote(PASSWORD, safe=""), f"{USER}:{PASSWORD}", "qs-secret-5151", "a+b=c"} <= values
-    assert "2" not in values  # too short to scrub without blanking out ordinary text
-    basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    assert scrub(f"you sent {basic}", values) == "you sent Basic ***"
-
-
-def test_a_malformed_url_still_gives_up_its_password():
-    # An unencoded / in the password cuts urllib's authority short; the password must still be found.
-    values = url_credential_values("https://crm-user:Zq7/Xv9-31337@crm.example.com/in")
-
-    assert "Zq7/Xv9-31337" in values
-    assert scrub("login Zq7/Xv9-31337 refused", values) == "login *** refused"
-
-
-def test_a_url_without_credentials_has_none():
-    assert url_credential_values("https://crm.example.com/in") == frozenset()

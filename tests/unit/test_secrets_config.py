@@ -189,7 +189,7 @@ def test_a_url_password_with_an_unencoded_delimiter_is_refused_without_quoting_t
         ("ftp://crm.example.com/in", "url scheme must be http or https (not ftp)"),
         ("crm-user:s3cr3t-pass@crm.example.com", "url scheme must be http or https"),
         ("//crm.example.com/in", "url must start with http:// or https://"),
-        ("https://crm.example.com:99999/in", "a port must be a number from 0 to 65535"),
+        ("https://crm.example.com:99999/in", "a port must be a number from 1 to 65535"),
         ("https://[::1/in", "unbalanced [ ]"),
         ("https:///in", "url has no host"),
     ],

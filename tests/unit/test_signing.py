@@ -11,6 +11,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from crm_push.errors import ConfigError
+from crm_push.push_url import parse_push_url
 from crm_push.signing import parse_signing_secret, signed_content, webhook_headers
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 24).decode()  # the 24-byte size Svix and others issue
@@ -46,6 +47,21 @@ def test_a_get_signs_the_query_as_urllib3_writes_it():
     content = signed_content("GET", "https://crm.example.com/hook?city=Zürich&path=a%2fb#frag", None)
 
     assert content == b"city=Z%C3%BCrich&path=a%2Fb"
+
+
+def test_a_get_signs_the_query_of_the_request_url_the_core_built():
+    configured = parse_push_url("https://crm.example.com/hook?src=bot")
+    request_url = configured.request_url("name=Asha+K&note=a|b@c")
+
+    content = signed_content("GET", request_url, None)
+
+    assert content == b"src=bot&name=Asha+K&note=a%7Cb%40c"
+    assert content == parse_push_url(request_url).query.encode()  # the sender's reading of the same url
+
+
+def test_a_get_to_a_url_the_push_cannot_read_is_not_signed():
+    with pytest.raises(ConfigError, match="backslash"):
+        signed_content("GET", "https://attacker.example\\@victim.example/x?a=1", None)
 
 
 def test_a_get_without_a_query_signs_nothing_after_the_timestamp():

@@ -170,7 +170,7 @@ class PostCallPushConfig(BaseModel):
     # hide_input_in_errors: str() of a ValidationError would otherwise print the rejected token or header value.
     model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True, hide_input_in_errors=True)
 
-    url: str | None = None
+    url: Credential | None = None
     method: Literal["POST", "GET", "PUT", "PATCH"] = "POST"
     # A CRM's native create-or-update (contract §14): fills url, method, body envelope and answer reading.
     preset: PresetConfig | None = None

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterable
 from functools import lru_cache
-from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus, urlsplit
+from urllib.parse import quote, quote_plus
 
 REDACTED = "***"
 # Shorter values would blank out ordinary words and digits all over a response body.
@@ -31,32 +31,6 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     if pattern is None or not text:
         return text
     return pattern.sub(REDACTED, text)
-
-
-def url_credential_values(url: str) -> frozenset[str]:
-    """The credentials a push URL carries: userinfo user, password and ``user:password``; every query value.
-
-    Both as written (percent-encoded) and decoded, since a CRM may echo either.
-    A URL too malformed to parse still gives up what stands where a userinfo would.
-    """
-    values: set[str] = set()
-    try:
-        parts = urlsplit(url)
-        userinfos, query = [parts.netloc.rpartition("@")[0]], parts.query
-        parts.port  # noqa: B018 - raises when a password's unencoded / ? # cut the authority short
-    except ValueError:
-        # Where the userinfo ends is ambiguous now: take both readings, scrubbing one too many is harmless.
-        rest = url.partition("://")[2]
-        userinfos, query = [rest.partition("@")[0] if "@" in rest else "", rest.rpartition("@")[0]], ""
-    for userinfo in filter(None, userinfos):
-        user, _, password = userinfo.partition(":")
-        values.update({user, password, userinfo, unquote(user), unquote(password)})
-        values.add(f"{unquote(user)}:{unquote(password)}")  # what Basic auth base64-encodes
-    for raw in query.split("&"):
-        values.add(raw.partition("=")[2])
-    values.update(value for _, value in parse_qsl(query, keep_blank_values=True))
-    values.update(unquote_plus(value) for value in list(values))
-    return frozenset(v for v in values if len(v) >= MIN_SECRET_CHARS)
 
 
 @lru_cache(maxsize=128)

@@ -138,8 +138,10 @@ def build_headers(
     if destination.method != "GET":
         headers["Content-Type"] = "application/json"
     headers.update(destination.extra_headers)
+    configured_names = {name.lower() for name in credentials.headers or ()}
     basic = destination.target.basic_auth
-    if basic is not None:
+    # One Authorization header, whoever sets it: a configured one (any spelling) wins over the url's user info.
+    if basic is not None and "authorization" not in configured_names:
         headers["Authorization"] = basic
     if credentials.headers is not None:
         for name, configured in credentials.headers.items():
@@ -216,9 +218,7 @@ def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, *,
     if config is None or not config.has_destination:
         raise ConfigError(bot.push_error or "no push config")
     resolver = resolver_for(bot, deps)
-    if fresh:
-        resolver = _FreshReads(resolver)
-    credentials = resolve_push_credentials(config, resolver)
+    credentials = resolve_push_credentials(config, resolver, fresh=fresh)
     recording_url, link_mode = select_recording_url(
         call_doc, public_base_url=deps.public_base_url, recordings_bucket=deps.recordings_bucket, presign=deps.presign
     )
@@ -239,16 +239,6 @@ def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, *,
     known = secret_values(credentials) | destination.target.credential_values() | rendered_headers
     uses_references = bool(config.references) or isinstance(config.url, SecretRef)
     return PreparedPush(request, payload, variables, link_mode, destination, known, uses_references)
-
-
-class _FreshReads:
-    """A resolver that reads every reference from its store again (after a 401/403: a rotated credential)."""
-
-    def __init__(self, inner: SecretResolver) -> None:
-        self._inner = inner
-
-    def resolve(self, ref: SecretRef, *, fresh: bool = False) -> str:
-        return self._inner.resolve(ref, fresh=True)
 
 
 def seconds_since_start(call_doc: Mapping[str, Any], now: datetime) -> Decimal:

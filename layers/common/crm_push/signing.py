@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 
 from crm_push.errors import ConfigError
+from crm_push.push_url import parse_push_url
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's marker, not a secret
 # The standard's bounds: shorter keys are guessable, longer ones buy nothing with HMAC-SHA256.
@@ -51,18 +52,16 @@ def parse_signing_secret(value: str) -> bytes:
 
 
 def signed_content(method: str, url: str, body: bytes | None) -> bytes:
-    """What a receiver verifies: the body for POST; for GET the query string exactly as sent.
+    """What a receiver verifies: the body; for GET the query string exactly as sent (contract §11).
 
-    The query is taken the way urllib3 writes the request line (it percent-encodes
-    characters not allowed in a query and upper-cases existing escapes), so the
-    receiver, which sees only the wire, computes the same bytes.
+    ``url`` is the request's url (``PushUrl.request_url``). Its query is read
+    by the same parse the sender sends from, in the form urllib3 writes on
+    the request line (it percent-encodes characters not allowed in a query
+    and upper-cases escapes), so the receiver, which sees only the wire,
+    computes the same bytes. Raises ConfigError for a url the push cannot send.
     """
     if method.upper() == "GET":
-        # Imported here: config imports this module for parse_signing_secret, and urllib3 costs ~70 ms.
-        from urllib3.util import parse_url
-
-        query = parse_url(url).query
-        return (query or "").encode("utf-8")
+        return parse_push_url(url).query.encode("utf-8")
     return body or b""
 
 

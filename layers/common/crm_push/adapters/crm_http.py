@@ -1,12 +1,13 @@
 """Sending a push to a CRM over HTTP with urllib3: one attempt per ``send()``.
 
-One attempt: check the destination (``destination.py``: http/https only, and
-every resolved address public unless private networks are allowed), connect
-to the very address that was checked (no second DNS lookup; when one address
-refuses the connection the next checked one is tried, within the same
-attempt), send, and read the answer only as far as we store it, all within
-one wall-clock budget (10 s, or less when the Lambda's deadline is nearer),
-of which the TCP connection may take 3 s.
+One attempt: read the request's url with the one parser (``push_url.py``),
+check the destination (``destination.py``: every resolved address public
+unless private networks are allowed), connect to the very address that was
+checked (no second DNS lookup; when one address refuses the connection the
+next checked one is tried, within the same attempt), send, and read at most
+``MAX_BODY_BYTES`` of the answer, all within one wall-clock budget
+(``ports.ATTEMPT_SECONDS``, or less when the Lambda's deadline is nearer):
+the DNS lookup included, and the TCP connection taking at most 3 s of it.
 3xx is never followed. Retrying is the core's job (contract §10), decided
 from the returned SendOutcome's ``error_kind``, ``http_status`` and
 ``retry_after``.
@@ -23,11 +24,20 @@ How an attempt is classified (``error_kind``):
   before an answer (refused, reset, closed without answering, a closed pool,
   an unreadable answer). A connect timeout is ``connection`` too: nothing of
   the request left us, which is what sets it apart from ``timeout``.
-* ``dns`` (an attempt), ``tls``, ``destination_refused`` (the SSRF guard:
-  nothing tried, ``attempts=0``), ``internal`` (a bug of ours).
+* ``dns`` (an attempt; also a lookup that outlasts the budget), ``tls``,
+  ``destination_refused`` (the SSRF guard: nothing tried, ``attempts=0``),
+  ``config`` (a url the one parser refuses: nothing tried), ``internal``
+  (a bug of ours, or a request url still holding user info: nothing tried).
+
+The answer's body comes back decoded but *not* cut to the stored length:
+the core scrubs credentials from it first, then cuts (audit #8).
+
+Credentials are the request's headers only: a url carrying user info is
+refused (the core sends it as ``Authorization: Basic``, from
+``PushUrl.basic_auth``), so there is one place that sets that header.
 
 Nothing here raises: every failure is a SendOutcome whose short ``error``
-never holds the URL's userinfo or query, nor any header value.
+never holds the URL's userinfo, path or query, nor any header value.
 """
 
 from __future__ import annotations
@@ -56,20 +66,31 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from crm_push.adapters.destination import Destination, DestinationError, resolve_destination
-from crm_push.push import MAX_RESPONSE_BODY_CHARS, ErrorKind, PushRequest, SendOutcome
+from crm_push.adapters.destination import (
+    Destination,
+    DestinationError,
+    Resolver,
+    resolve_destination,
+    resolve_with_os,
+)
+from crm_push.errors import ConfigError
+from crm_push.ports import ATTEMPT_SECONDS, ErrorKind, PushRequest, SendOutcome
+from crm_push.push_url import parse_push_url
 
 log = logging.getLogger(__name__)
 
-TOTAL_TIMEOUT_SECONDS = 10.0
 # A TCP handshake takes one round trip (well under 0.5 s between continents), and a lost SYN
 # is sent again after 1 s: a CRM that has not accepted the connection in 3 s is down or drowning,
 # and would not answer within the 10 s anyway. Failing then frees the worker for the next call.
 CONNECT_TIMEOUT_SECONDS = 3.0
 # A valid Retry-After is at most 29 characters; a longer one is passed on cut, never whole.
 _MAX_RETRY_AFTER_CHARS = 64
-# UTF-8 needs at most 4 bytes a character: this is enough to fill the stored body.
-_MAX_BODY_BYTES = MAX_RESPONSE_BODY_CHARS * 4
+# How much of an answer's body is read (and handed to the core, which scrubs, then cuts to
+# MAX_RESPONSE_BODY_CHARS). Far beyond the stored length on purpose: a credential echoed across
+# this read limit is cut there unscrubbed, and only text within the first MAX_RESPONSE_BODY_CHARS
+# (at most 4 bytes each in UTF-8, 8,000 bytes) is stored, so that prefix is stored only if the
+# echoed credential is longer than 56 KiB. Reading stops here: a hostile server cannot make us hold more.
+MAX_BODY_BYTES = 64 * 1024
 _MAX_POOLS = 64  # one per (scheme, address, port, host); the least recently used is closed beyond this
 # Settings a caller's PoolManager may pass on to our HTTPS pools (which CAs to trust, client certs).
 _INHERITED_TLS_SETTINGS = (
@@ -192,8 +213,9 @@ class CrmHttpSender:
 
     ``pool``: only its TLS trust settings (``ca_certs``, ``ssl_context``, ...)
     are used, for the per-address pools; certificate checks always stay on.
-    ``total_timeout`` bounds the attempt, connect to last byte; ``connect_timeout``
-    bounds the TCP connection within it. Tests shorten them.
+    ``total_timeout`` bounds the attempt, DNS lookup to last byte; ``connect_timeout``
+    bounds the TCP connection within it. Tests shorten them, and give a
+    ``resolve`` that stands in for the OS resolver.
     """
 
     def __init__(
@@ -202,8 +224,9 @@ class CrmHttpSender:
         pool_size: int = 16,
         allow_private_networks: bool = False,
         *,
-        total_timeout: float = TOTAL_TIMEOUT_SECONDS,
+        total_timeout: float = ATTEMPT_SECONDS,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        resolve: Resolver = resolve_with_os,
     ) -> None:
         inherited = pool.connection_pool_kw if pool is not None else {}
         self._tls_settings = {k: v for k, v in inherited.items() if k in _INHERITED_TLS_SETTINGS}
@@ -211,6 +234,7 @@ class CrmHttpSender:
         self._allow_private_networks = allow_private_networks
         self.total_timeout = total_timeout
         self.connect_timeout = connect_timeout
+        self._resolve = resolve
         self._pools: OrderedDict[tuple[str, str, int, str], HTTPConnectionPool] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -245,10 +269,24 @@ class CrmHttpSender:
         )
 
     def _attempt(self, request: PushRequest, budget: float) -> _Try:
-        """Check the destination, then try its addresses in turn until one connects."""
+        """Read the url, check the destination, then try its addresses in turn until one connects."""
         attempt_deadline = time.monotonic() + budget
         try:
-            destination = resolve_destination(request.url, allow_private_networks=self._allow_private_networks)
+            url = parse_push_url(request.url)
+        except ConfigError as exc:  # the core sends only urls it read the same way: a config fault all the same
+            return _Try(None, error=str(exc), kind="config", tried=False)
+        if url.basic_auth is not None:
+            # The core turns user info into the Authorization header; sending it from here too would be a
+            # second, competing source of that header.
+            error = "internal error: the request url still carries user info (it belongs in the headers)"
+            return _Try(None, error=error, kind="internal", tried=False)
+        try:
+            destination = resolve_destination(
+                url,
+                allow_private_networks=self._allow_private_networks,
+                resolve=self._resolve,
+                timeout=attempt_deadline - time.monotonic(),
+            )
         except DestinationError as exc:
             # A DNS lookup is a try to reach the CRM; a refusal by the guard is not.
             return _Try(None, error=str(exc), kind=exc.error_kind, tried=exc.error_kind == "dns")
@@ -277,7 +315,7 @@ class CrmHttpSender:
         try:
             response = pool.urlopen(
                 request.method,
-                destination.target,
+                destination.url.target,
                 body=request.body,
                 headers=headers,
                 retries=False,
@@ -296,15 +334,16 @@ class CrmHttpSender:
 
     def _pool_for(self, destination: Destination, address: str) -> HTTPConnectionPool:
         """The pool for this checked address: connections are reused, and always go where we checked."""
-        key = (destination.scheme, address, destination.port, destination.host)
+        url = destination.url
+        key = (url.scheme, address, url.port, url.host)
         with self._lock:
             pool = self._pools.get(key)
             if pool is not None:
                 self._pools.move_to_end(key)
                 return pool
-            common: dict[str, Any] = {"port": destination.port, "maxsize": self._pool_size, "block": False}
-            if destination.scheme == "https":
-                name = destination.host.rstrip(".")
+            common: dict[str, Any] = {"port": url.port, "maxsize": self._pool_size, "block": False}
+            if url.scheme == "https":
+                name = url.host.rstrip(".")
                 # SNI and the certificate check use the name, while the socket goes to the checked address.
                 pool = _HTTPSPool(
                     address,
@@ -324,12 +363,9 @@ class CrmHttpSender:
 
 
 def _headers_for(request: PushRequest, destination: Destination) -> dict[str, str]:
-    # Host names the destination as written, though we connect to its address.
+    # Host names the destination as read, though we connect to its address.
     headers = {name: value for name, value in request.headers.items() if name.lower() != "host"}
-    headers["Host"] = destination.host_header
-    basic = destination.basic_auth()
-    if basic and not any(name.lower() == "authorization" for name in headers):
-        headers["Authorization"] = basic
+    headers["Host"] = destination.url.host_header
     return headers
 
 
@@ -345,7 +381,7 @@ def _answer(response: urllib3.BaseHTTPResponse, deadline: float, budget: float) 
     complete = False
     cut_short: str | None = None
     try:
-        complete = _read_limited(response, body, _MAX_BODY_BYTES, deadline)
+        complete = _read_limited(response, body, MAX_BODY_BYTES, deadline)
     except Exception as exc:
         cut_short = _body_problem(exc, budget)
     finally:
@@ -359,7 +395,7 @@ def _answer(response: urllib3.BaseHTTPResponse, deadline: float, budget: float) 
             cut_short,
             extra={"http_status": status, "body_problem": cut_short},
         )
-    text = body.decode("utf-8", errors="replace")[:MAX_RESPONSE_BODY_CHARS]
+    text = body.decode("utf-8", errors="replace")  # not cut: the core scrubs, then cuts
     if 200 <= status < 300:
         return _Try(status, text)
     retry_after = response.headers.get("Retry-After")

@@ -5,26 +5,26 @@ The host is resolved once, through the OS (so odd spellings such as
 they really mean), every address is checked, and the caller connects to one
 of those checked addresses: there is no second lookup that DNS rebinding
 could answer differently.
+
+The lookup runs within the attempt's time: ``getaddrinfo`` cannot be
+interrupted, and a black-holed nameserver holds it for the resolver's own
+timeouts (5 s a try), so it runs on a worker thread that the attempt waits
+for only as long as its budget allows (a late answer is dropped).
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote
 
-from urllib3.exceptions import LocationParseError
-from urllib3.util import parse_url
-
-from crm_push.push import ErrorKind
+from crm_push.ports import ErrorKind
+from crm_push.push_url import PushUrl
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix: the last 32 bits are IPv4
@@ -46,39 +46,21 @@ class DestinationError(Exception):
 
 
 class DestinationRefused(DestinationError):
-    """Not an allowed destination (scheme, malformed URL, or an internal address): final."""
+    """Not an allowed destination (an internal address): final."""
 
 
 class UnresolvableHost(DestinationError):
-    """DNS gave no address: possibly transient. A lookup is a try to reach the CRM, unlike a refusal."""
+    """DNS gave no address in time: possibly transient. A lookup is a try to reach the CRM, unlike a refusal."""
 
     error_kind: ErrorKind = "dns"
 
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """A checked destination: connect to one of ``addresses``, speak to ``host``."""
+    """A checked destination: connect to one of ``addresses``, speak to ``url.host``."""
 
-    scheme: str  # "http" or "https"
-    host: str  # the name as written (lower-case, IDNA, IPv6 without brackets): SNI, certificate, Host
-    port: int
+    url: PushUrl  # the one parse of the request's url: scheme, host (SNI, certificate, Host), port, target
     addresses: tuple[str, ...]  # checked numeric addresses, IPv4 first
-    target: str  # path and query, as sent in the request line
-    userinfo: str | None  # "user:password" from the URL, percent-encoded as written
-
-    @property
-    def host_header(self) -> str:
-        host = self.host.split("%", 1)[0]  # an IPv6 zone id is local to this machine
-        host = f"[{host}]" if ":" in host else host
-        return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
-
-    def basic_auth(self) -> str | None:
-        """``Authorization`` value for credentials written in the URL, as curl and browsers send them."""
-        if not self.userinfo:
-            return None
-        user, _, password = self.userinfo.partition(":")
-        token = f"{unquote(user)}:{unquote(password)}".encode()
-        return "Basic " + base64.b64encode(token).decode("ascii")
 
 
 def blocked_reason(ip: IPAddress) -> str | None:
@@ -129,38 +111,57 @@ def resolve_with_os(host: str, port: int) -> list[str]:
 
 
 def resolve_destination(
-    url: str, *, allow_private_networks: bool = False, resolve: Resolver = resolve_with_os
+    url: PushUrl,
+    *,
+    allow_private_networks: bool = False,
+    resolve: Resolver = resolve_with_os,
+    timeout: float | None = None,
 ) -> Destination:
-    """Check ``url`` and resolve its host. Raises DestinationRefused or UnresolvableHost.
+    """Resolve the url's host and check every address. Raises DestinationRefused or UnresolvableHost.
 
-    Only http and https; every resolved address must be public unless
-    ``allow_private_networks`` (which lifts the address check, not the scheme check).
+    Every resolved address must be public unless ``allow_private_networks``.
+    ``timeout``: the most the lookup may take (the attempt's remaining time);
+    None waits as long as the resolver does.
     """
-    try:
-        parts = parse_url(url)
-    except LocationParseError:
-        raise DestinationRefused("destination refused: the url could not be parsed") from None
-    scheme = (parts.scheme or "").lower()
-    if scheme not in DEFAULT_PORTS:
-        raise DestinationRefused(f"destination refused: only http and https urls are allowed, not {scheme[:20]!r}")
-    host = (parts.host or "").strip("[]")
-    if not host:
-        raise DestinationRefused("destination refused: the url has no host")
-    shown = host[:100]
-    port = parts.port or DEFAULT_PORTS[scheme]
-    try:
-        addresses = resolve(host, port)
-    except (OSError, UnicodeError):
-        addresses = []
+    shown = url.host[:100]
+    addresses = _lookup(resolve, url.host, url.port, timeout)
     if not addresses:
         raise UnresolvableHost(f"could not resolve host {shown}")
-    checked = [ipaddress.ip_address(address) for address in addresses]
+    try:
+        checked = [ipaddress.ip_address(address) for address in addresses]
+    except ValueError:
+        raise UnresolvableHost(f"could not resolve host {shown} to a numeric address") from None
     if not allow_private_networks:
         for ip in checked:
             reason = blocked_reason(ip)
             if reason is not None:
-                where = f"{shown} is" if host == str(ip) else f"{shown} resolves to"
+                where = f"{shown} is" if url.host == str(ip) else f"{shown} resolves to"
                 raise DestinationRefused(f"destination refused: {where} a {reason} address ({ip})")
     # IPv4 first: a Lambda outside a dual-stack VPC has no IPv6 route out.
     ordered = sorted(addresses, key=lambda a: ":" in a)
-    return Destination(scheme, host, port, tuple(ordered), parts.request_uri, parts.auth)
+    return Destination(url, tuple(ordered))
+
+
+def _lookup(resolve: Resolver, host: str, port: int, timeout: float | None) -> list[str]:
+    """``resolve(host, port)``, given up after ``timeout`` seconds; no addresses when it failed."""
+    if timeout is None:
+        try:
+            return list(resolve(host, port))
+        except (OSError, UnicodeError):
+            return []
+    answer: list[str] = []
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            answer.extend(resolve(host, port))
+        except (OSError, UnicodeError):
+            pass  # no addresses: reported as unresolvable
+        finally:
+            done.set()
+
+    # A thread per lookup, not a pool: lookups stuck on one tenant's dead nameserver never queue up another's.
+    threading.Thread(target=look_up, name="dns-lookup", daemon=True).start()
+    if not done.wait(max(0.0, timeout)):
+        raise UnresolvableHost(f"could not resolve host {host[:100]}: the lookup took over {timeout:.1f}s")
+    return answer
