@@ -185,6 +185,10 @@ class _StandInCalls:
         time.sleep(self._latency)
         return True
 
+    def append_entries(self, call_id: str, entries: list[dict[str, Any]]) -> bool:
+        time.sleep(self._latency)
+        return True
+
 
 class _StandInDelivery:
     """The delivery-state table for fresh calls: every claim wins, every save applies."""
@@ -192,7 +196,9 @@ class _StandInDelivery:
     def __init__(self, latency: float) -> None:
         self._latency = latency
 
-    def claim(self, call_id: str, claim_id: str, trigger: str, now: Any, lease_seconds: int, force: bool) -> Any:
+    def claim(
+        self, call_id: str, claim_id: str, trigger: str, now: Any, lease_seconds: int, force: bool, **_: Any
+    ) -> Any:
         from crm_push.ports import DeliveryState
 
         time.sleep(self._latency)
@@ -203,6 +209,10 @@ class _StandInDelivery:
         return True
 
     def mark_written(self, call_id: str, attempts: int) -> bool:
+        time.sleep(self._latency)
+        return True
+
+    def release_parked(self, call_id: str, waits_on: Any, due: Any) -> bool:
         time.sleep(self._latency)
         return True
 

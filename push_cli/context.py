@@ -26,7 +26,7 @@ from crm_push.adapters.retry_queue import SqsRetryQueue
 from crm_push.adapters.state import DeliveryStateTable
 from crm_push.config import Settings
 from crm_push.errors import ConfigError
-from crm_push.ports import DeliveryState, DeliveryUpdate, PushDeps, PushRequest, SendOutcome
+from crm_push.ports import DeliveryState, DeliveryUpdate, GateKey, PushDeps, PushRequest, SendOutcome
 from crm_push.recording import Presigner
 
 # Exit statuses, the same for every command (documented in docs/runbook.md).
@@ -233,12 +233,26 @@ class _NoCallStore:
     ) -> bool:
         raise AssertionError("preview must not write a result")
 
+    def append_entries(self, call_id: str, entries: list[dict[str, Any]]) -> bool:
+        raise AssertionError("preview must not write a result")
+
 
 class _NoDelivery:
     def claim(
-        self, call_id: str, claim_id: str, trigger: str, now: datetime, lease_seconds: int, force: bool
+        self,
+        call_id: str,
+        claim_id: str,
+        trigger: str,
+        now: datetime,
+        lease_seconds: int,
+        force: bool,
+        *,
+        probe: bool = False,
     ) -> DeliveryState:
         raise AssertionError("preview must not claim a call")
+
+    def release_parked(self, call_id: str, waits_on: GateKey, due: datetime) -> bool:
+        raise AssertionError("preview must not release a call")
 
     def save(self, call_id: str, claim_id: str | None, update: DeliveryUpdate, now: datetime) -> bool:
         raise AssertionError("preview must not record an attempt")

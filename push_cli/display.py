@@ -8,15 +8,15 @@ import sys
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from crm_push.errors import ConfigError
 from crm_push.jsonvalues import to_json, to_plain
-from crm_push.push import redact_url
+from crm_push.push_url import parse_push_url
 
 VALUE_WIDTH = 60  # characters of a value shown by default; --full shows all
 _AUTH_SCHEMES = ("bearer", "basic", "token", "apikey", "api-key", "digest")
@@ -102,9 +102,11 @@ class Redactor:
             if secret in value:
                 value = value.replace(secret, mask_secret(secret))
         if value.startswith(("http://", "https://")) and " " not in value:
-            parts = urlsplit(value)
-            if parts.query or "@" in parts.netloc:
-                value = redact_url(value)
+            # The one reading of a url (push_url): no user info, no query values, capability paths masked.
+            try:
+                value = parse_push_url(value).recorded
+            except ConfigError:
+                value = "(a url that cannot be read safely: hidden)"
         return value
 
     def value(self, value: Any) -> Any:

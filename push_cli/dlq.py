@@ -40,11 +40,11 @@ from rich.console import Console
 
 from crm_push.adapters.dynamodb import aws_error
 from crm_push.clock import iso_utc
-from crm_push.messages import Record, WakeUp, parse
+from crm_push.messages import DestinationChain, Record, WakeUp, parse
 from push_cli.context import EXIT_OK, EXIT_PROBLEM, Context, fail
 from push_cli.display import err_console, make_console, print_json, row, table
 
-KINDS = ("record", "attempt")
+KINDS = ("record", "attempt", "destination")
 READ_VISIBILITY_SECONDS = 60  # what a listing hides from others while it reads; released right after
 MAX_LISTED = 200
 _RECEIVE_BATCH = 10  # the SQS maximum per ReceiveMessage
@@ -55,7 +55,7 @@ class ParkedMessage:
     """One dead letter as an operator sees it: what kind, for which call, since when. No content."""
 
     message_id: str
-    kind: str  # record | attempt | unreadable (not a retry message this code reads)
+    kind: str  # record | attempt | destination | unreadable (not a retry message this code reads)
     call_id: str
     bot_id: str
     sent_at: str  # when it was first sent to the retry queue
@@ -214,6 +214,10 @@ def describe(raw: dict[str, Any], now: datetime) -> ParkedMessage:
     message.bot_id = parsed.bot_id or ""
     if isinstance(parsed, WakeUp):
         message.kind = "attempt"
+        message.due = iso_utc(parsed.due) if parsed.due else ""
+    elif isinstance(parsed, DestinationChain):
+        # A destination's probe or release: redriving it resumes the chain (no call is sent twice by it).
+        message.kind = "destination"
         message.due = iso_utc(parsed.due) if parsed.due else ""
     elif isinstance(parsed, Record):
         message.kind = "record"

@@ -23,7 +23,12 @@ from crm_push.config import BotConfig, SecretRef
 from crm_push.errors import ConfigError
 from crm_push.jsonvalues import to_json, to_text
 from crm_push.push import PushDeps, prepare_push
-from crm_push.recording import parse_recording_location, public_recording_link
+from crm_push.recording import (
+    DescribedPresigner,
+    parse_recording_location,
+    presigned_link_lifetime,
+    public_recording_link,
+)
 from crm_push.secrets import SecretUnavailable
 from crm_push.signing import SIGNATURE_HEADERS
 from crm_push.templates import Placeholder, Resolution, compile_template, explain_placeholder
@@ -350,6 +355,13 @@ def _signature_lines(headers: Mapping[str, str], secrets: tuple[str | SecretRef,
     ]
 
 
+ROLE_SIGNED_LINK_WARNING = (
+    "the link is presigned with the function's role credentials (RECORDINGS_SIGNER_SECRET is not set): "
+    "it expires with the function's role session, within hours; configure RECORDINGS_SIGNER_SECRET "
+    "or use the public token link"
+)
+
+
 def _recording_check(
     call_doc: Mapping[str, Any],
     deps: PushDeps,
@@ -385,9 +397,21 @@ def _recording_check(
     location = parse_recording_location(stored, deps.recordings_bucket) if isinstance(stored, str) else None
     if mode == "presigned" and location is not None:
         bucket, object_key = location
-        ttl = str(timedelta(seconds=ttl_seconds))
         problems = []
-        link = redactor.text(deps.presign(bucket, object_key)) if deps.presign else ""
+        link, lasts = "", ""
+        if isinstance(deps.presign, DescribedPresigner):
+            presigned = deps.presign.link(bucket, object_key)
+            link = redactor.text(presigned.url)
+            if presigned.signed_with == "signer":
+                ttl_seconds = presigned.expires_in_seconds
+            else:
+                # The function signs with its role whatever credentials this CLI runs with: its terms, not ours.
+                ttl_seconds = presigned_link_lifetime(ttl_seconds, "session")
+                problems.append(ROLE_SIGNED_LINK_WARNING)
+                lasts = " at most, and only while the function's role session lasts"
+        elif deps.presign is not None:
+            link = redactor.text(deps.presign(bucket, object_key))
+        ttl = str(timedelta(seconds=ttl_seconds))
         problems.extend(_unreachable_from_crm(link, "the S3 endpoint (RECORDINGS_ENDPOINT_URL)"))
         if check_object is not None:
             trouble = check_object(bucket, object_key)
@@ -395,7 +419,7 @@ def _recording_check(
                 problems.append(trouble)
         return RecordingCheck(
             mode,
-            f"presigned GET of s3://{bucket}/{object_key}, valid {ttl} from the push ({why_not_public})",
+            f"presigned GET of s3://{bucket}/{object_key}, valid {ttl} from the push{lasts} ({why_not_public})",
             link,
             problems,
         )

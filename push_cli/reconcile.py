@@ -639,13 +639,12 @@ _SINCE_SWEPT: dict[str, Any] = {
 def core_push(deps: Any, *, by: str, reason: str) -> Callable[[str], PushOutcome]:
     """One call pushed through the core as an operator's replay (who and why recorded on the call).
 
-    NEW CORE: this is the core's API as ``push_cli/main.py`` calls it today
-    (``crm_push.push.push_call(call_id, deps, replay=Replay(by, reason))``);
-    when the core moves to ``flow.py``, change this one function.
+    Not forced: a call whose delivery ended since the sweep selected it (another
+    trigger got there first) is left alone, so a sweep never pushes a call twice.
     """
     from crm_push.push import Replay, push_call
 
-    replay = Replay(by=by, reason=reason)
+    replay = Replay(by=by, reason=reason, force=False)
     return lambda call_id: push_call(call_id, deps, replay=replay)
 
 

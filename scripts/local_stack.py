@@ -45,6 +45,7 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from crm_push.adapters.parking import WAITS_ON_INDEX
 from scripts.dynamodb_local import DynamoDBLocal
 from scripts.local_crm import CrmAnswer, LocalCrm, ReceivedRequest, Responder
 
@@ -129,7 +130,22 @@ def create_state_table(dynamodb: Any, suffix: str) -> str:
     dynamodb.create_table(
         TableName=name,
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "waits_on", "AttributeType": "S"},
+            {"AttributeName": "due", "AttributeType": "N"},
+        ],
+        # Sparse: only deliveries waiting on a destination carry waits_on (contract §14: the release finds them).
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": WAITS_ON_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "waits_on", "KeyType": "HASH"},
+                    {"AttributeName": "due", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
     # DynamoDB Local accepts the setting (it never expires items); moto does too.

@@ -15,8 +15,8 @@ from typing import Any
 
 from crm_push.config import BotConfig, load_bot_config
 from crm_push.errors import AlreadyPushed, ClaimHeld, NotDue
-from crm_push.ports import DeliveryState, DeliveryUpdate, PushDeps, PushRequest, SendOutcome
-from crm_push.result_log import entries_after, moves_forward, shown_attempts
+from crm_push.ports import DeliveryState, DeliveryUpdate, GateKey, PushDeps, PushRequest, SendOutcome
+from crm_push.result_log import entries_after, moves_forward, shown_position
 
 
 class InMemoryCalls:
@@ -29,6 +29,13 @@ class InMemoryCalls:
     def get_call(self, call_id: str) -> dict[str, Any] | None:
         item = self.items.get(call_id)
         return copy.deepcopy(item) if item else None
+
+    def append_entries(self, call_id: str, entries: list[dict[str, Any]]) -> bool:
+        item = self.items.get(call_id)
+        if item is None:
+            return False
+        item.setdefault("integration_log", []).extend(copy.deepcopy(entries))
+        return True
 
     def write_outcome(
         self,
@@ -45,7 +52,7 @@ class InMemoryCalls:
         if not force:
             if not moves_forward(stored, result):
                 return False
-            entries = entries_after(entries, shown_attempts(stored))
+            entries = entries_after(entries, *shown_position(stored))
         self.writes += 1
         item["post_call_push_result"] = copy.deepcopy(result)
         item.setdefault("integration_log", []).extend(copy.deepcopy(entries))
@@ -60,7 +67,15 @@ class InMemoryDelivery:
         self.items: dict[str, dict[str, Any]] = {}
 
     def claim(
-        self, call_id: str, claim_id: str, trigger: str, now: datetime, lease_seconds: int, force: bool = False
+        self,
+        call_id: str,
+        claim_id: str,
+        trigger: str,
+        now: datetime,
+        lease_seconds: int,
+        force: bool = False,
+        *,
+        probe: bool = False,
     ) -> DeliveryState:
         epoch = int(now.timestamp())
         old = self.items.get(call_id)
@@ -74,7 +89,7 @@ class InMemoryDelivery:
                 raise AlreadyPushed(call_id, pending=pending, attempts=attempts)
             if not free:
                 raise ClaimHeld(call_id, until=lease)
-            if not force and old.get("due") is not None and old["due"] > epoch:
+            if not force and not probe and old.get("due") is not None and old["due"] > epoch:
                 raise NotDue(call_id, due=old["due"], scheduled_by=old.get("by"), pending=pending, attempts=attempts)
         before = copy.deepcopy(old or {})
         item = self.items.setdefault(call_id, {"attempts": 0})
@@ -86,6 +101,7 @@ class InMemoryDelivery:
             call_written=bool(before.get("written")),
             unwritten=tuple(before.get("log", ())),
             taken_over=holder is not None and holder != claim_id,
+            holds=before.get("holds", 0),
         )
 
     def save(self, call_id: str, claim_id: str | None, update: DeliveryUpdate, now: datetime) -> bool:
@@ -111,7 +127,25 @@ class InMemoryDelivery:
             item["due"] = int(update.due.timestamp())
         else:
             item.pop("due", None)
+        if update.waits_on is not None and update.status == "scheduled":
+            item.update({"waits_on": update.waits_on.label, "holds": update.holds})
+        else:
+            item.pop("waits_on", None)
+            item.pop("holds", None)
         return True
+
+    def release_parked(self, call_id: str, waits_on: GateKey, due: datetime) -> bool:
+        item = self.items.get(call_id)
+        if item is None or item.get("waits_on") != waits_on.label or item.get("st") != "scheduled":
+            return False
+        item["due"] = int(due.timestamp())
+        item.pop("waits_on", None)
+        return True
+
+    def waiting(self, key: GateKey) -> list[str]:
+        """What the state table's waits_on index answers, earliest due first."""
+        found = [(item.get("due", 0), cid) for cid, item in self.items.items() if item.get("waits_on") == key.label]
+        return [cid for _, cid in sorted(found)]
 
     def mark_written(self, call_id: str, attempts: int) -> bool:
         item = self.items.get(call_id)
@@ -125,6 +159,42 @@ class InMemoryDelivery:
         if item is not None and item.get("claim_id") == claim_id:
             for key in ("claim_id", "lease_until", "claim_trigger"):
                 item.pop(key, None)
+
+
+class InMemoryParking:
+    """Quotas and wake-up chains, as adapters/parking.py keeps them; waiting calls read from the fake state."""
+
+    def __init__(self, state: InMemoryDelivery, clock: Callable[[], datetime]) -> None:
+        self.state, self.clock = state, clock
+        self.quotas: dict[str, datetime] = {}
+        self.chains: dict[str, tuple[str, datetime]] = {}
+
+    def quota_until(self, key: GateKey) -> datetime | None:
+        until = self.quotas.get(key.label)
+        return until if until is not None and until > self.clock() else None
+
+    def spend_quota(self, key: GateKey, until: datetime) -> None:
+        if key.label not in self.quotas or self.quotas[key.label] < until:
+            self.quotas[key.label] = until
+
+    def probing(self, key: GateKey) -> datetime | None:
+        chain = self.chains.get(key.label)
+        return chain[1] if chain is not None and chain[0] == "probe" else None
+
+    def arrange(self, key: GateKey, action: str, due: datetime) -> bool:
+        chain = self.chains.get(key.label)
+        stale = chain is not None and chain[1] < self.clock() - timedelta(seconds=120)
+        if chain is None or stale or (action == "release" and chain[0] == "probe"):
+            self.chains[key.label] = (action, due)
+            return True
+        return False
+
+    def finish(self, key: GateKey) -> None:
+        self.chains.pop(key.label, None)
+
+    def waiting(self, key: GateKey, limit: int | None = None) -> list[str]:
+        found = self.state.waiting(key)
+        return found if limit is None else found[:limit]
 
 
 @dataclass
@@ -211,4 +281,6 @@ def make_deps(calls: InMemoryCalls, bots: StaticBots, crm: ScriptedCrm, **overri
         "jitter": lambda: 0.5,
     }
     values.update(overrides)
+    if "parking" not in values:
+        values["parking"] = InMemoryParking(values["state"], clock)
     return PushDeps(**values)

@@ -84,6 +84,10 @@ def _count(outcome: PushOutcome) -> None:
     # alarm once a minute per waiting call (the gate counts it as CallsHeldByOpenCircuit).
     if result is None or outcome.outcome in ("held_back", "held_no_queue"):
         _add_metric(f"NotPushed_{outcome.outcome}", MetricUnit.Count, 1)
+        if outcome.outcome == "held_back" and result is None:
+            # Held before it was read (its gate said so): the gate itself counts the calls it holds
+            # while sending; these it never saw, and the circuit alarm needs them.
+            _add_metric("CallsHeldByOpenCircuit", MetricUnit.Count, 1)
         return
     _add_metric(f"Push_{result.status}", MetricUnit.Count, 1)
     _add_metric("PushDuration", MetricUnit.Milliseconds, result.duration_ms)

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -35,7 +35,9 @@ from crm_push.adapters.destination_gate import (
     verdict_on,
 )
 from crm_push.clock import iso_utc
+from crm_push.flow import HELD_WAKE_SPREAD_SECONDS
 from crm_push.ports import GateKey, PushRequest
+from crm_push.variables import parse_utc_timestamp
 from scripts.local_crm import CrmAnswer, ReceivedRequest
 from scripts.local_stack import MetricCounter, small_calls
 from tests.conftest import LambdaContextStub, Stack, insert_event
@@ -189,7 +191,9 @@ def test_a_hanging_crm_opens_the_circuit_then_one_probe_closes_it_and_every_call
         # an open circuit is the call's first outcome, and spends no attempt (contract §10)
         result = first[call_id]
         assert (result["status"], result["attempts"]) == ("failed", 0)
-        assert result["next_attempt_at"] == iso_utc(probe_at)
+        # held calls wake spread over a window after the probe time, not all in its first second
+        held_until = parse_utc_timestamp(result["next_attempt_at"])
+        assert probe_at <= held_until <= probe_at + timedelta(seconds=HELD_WAKE_SPREAD_SECONDS + 1)
     for call_id in tried:
         assert (first[call_id]["status"], first[call_id]["attempts"]) == ("failed", 1)
         assert first[call_id]["next_attempt_at"]

@@ -241,7 +241,7 @@ def test_without_a_token_the_recording_is_a_working_presigned_url(stack, handler
 
     link = stack.crm.requests[0].json()["recording"]
     assert "X-Amz-Signature=" in link
-    assert "X-Amz-Expires=604800" in link
+    assert "X-Amz-Expires=21600" in link
     assert f"/{stack.bucket}/recordings/c1.wav" in link
     with urllib.request.urlopen(link) as fetched:
         assert fetched.read() == b"RIFF....WAVE"

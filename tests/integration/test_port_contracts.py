@@ -68,6 +68,20 @@ def test_calls_write_an_outcome_once_and_a_later_one_after_it(calls: Any) -> Non
     assert len(stored["events"]) == 2
 
 
+def test_calls_an_outcome_with_no_attempt_is_written_with_its_entry(calls: Any) -> None:
+    # A config error or a hold is the first outcome at 0 attempts; a later one at 0 attempts follows it.
+    event = {"type": "post_call_push", "t": 1, "status": "failed"}
+    held = {**_result(0, "2026-11-25T09:33:00.000Z", "failed"), "next_attempt_at": "2026-11-25T09:34:00.000Z"}
+    assert calls.write_outcome("c1", held, [], event, False) is True
+    failed = {**_result(0, "2026-11-25T09:35:00.000Z", "failed"), "next_attempt_at": None}
+    entry = {"type": "post_call_push", "attempts": 0, "pushed_at": failed["pushed_at"], "status": "failed"}
+    assert calls.write_outcome("c1", failed, [entry], event, False) is True
+    stored = calls.get_call("c1")
+    assert stored["post_call_push_result"]["pushed_at"] == failed["pushed_at"]
+    assert [e["status"] for e in stored["integration_log"]] == ["failed"]
+    assert len(stored["events"]) == 2
+
+
 def test_calls_a_result_never_goes_backwards(calls: Any) -> None:
     event = {"type": "post_call_push", "t": 1, "status": "ok"}
     newer = {**_result(1, "2026-11-25T09:40:00.000Z", "ok"), "next_attempt_at": None}

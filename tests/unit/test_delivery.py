@@ -467,9 +467,10 @@ def test_an_open_circuit_is_the_first_outcome_and_spends_no_attempt(call, bot):
     assert parse_utc_timestamp(result["next_attempt_at"]) == world.clock.now + timedelta(seconds=30 + spread)
     assert world.stored.get("integration_log", []) == []
     world.drain()
+    # The destination's probe (at the probe time) carried the call: delivered, and a probe is not an attempt.
     assert len(world.crm.requests) == 1
-    assert (world.result["status"], world.result["attempts"]) == ("ok", 1)
-    assert [e["attempts"] for e in world.stored["integration_log"]] == [1]
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 0)
+    assert [(e["attempts"], e.get("probe")) for e in world.stored["integration_log"]] == [(0, True)]
     assert world.deps.gate.destinations == ["https://crm.example.com:443"] * 2
 
 
@@ -482,7 +483,9 @@ def test_an_open_circuit_after_the_first_outcome_does_not_rewrite_the_call(call,
     gate.holds = 1
     world.drain()
     assert world.calls.writes == writes + 1  # only the final write
-    assert (world.result["status"], world.result["attempts"]) == ("ok", 3)
+    # Held at its third try, the call was carried by the destination's probe: two attempts, then a probe.
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 2)
+    assert len(world.crm.requests) == 3
 
 
 def test_over_the_rate_limit_a_call_waits_for_the_next_second_without_spending_an_attempt(call, bot):

@@ -193,42 +193,62 @@ def test_audit_22_a_lost_claim_is_reported_and_queues_nothing(call, bot):
     assert len(world.crm.requests) == 1
 
 
+class Outage:
+    """A destination down until ``until``, its circuit open: it holds calls, and lets one probe through a minute."""
+
+    def __init__(self, world: World, until: Any) -> None:
+        self.world, self.until, self.probes = world, until, 0
+        self.next_probe = world.clock.now + timedelta(seconds=60)
+
+    def _down(self) -> bool:
+        return self.world.clock.now < self.until
+
+    def held_until(self, key: GateKey) -> Any:
+        if not self._down():
+            return None
+        return self.next_probe if self.next_probe > self.world.clock.now else None
+
+    def send(self, key: GateKey, rate: Any, send: Any) -> Any:
+        now = self.world.clock.now
+        if self._down() and now < self.next_probe:
+            return HeldBack("circuit_open", self.next_probe)
+        if self._down():
+            self.next_probe = now + timedelta(seconds=60)
+            self.probes += 1
+            return DOWN  # the probe's request reached a CRM still down
+        return send()
+
+
+class CountingCalls(InMemoryCalls):
+    """Counts the reads made while the outage lasts (``outage`` is set by the test)."""
+
+    reads = 0
+    outage: Outage | None = None
+
+    def get_call(self, call_id: str) -> Any:
+        if self.outage is not None and self.outage._down():
+            self.reads += 1
+        return super().get_call(call_id)
+
+
 def test_audit_17_a_held_call_is_not_read_or_rendered_while_its_destination_holds_calls(call, bot):
-    class OpenFor:
-        def __init__(self, holds: int) -> None:
-            self.holds, self.sends = holds, 0
-
-        def held_until(self, key: GateKey) -> Any:
-            return world.clock.now + timedelta(seconds=60) if self.holds > 0 else None
-
-        def send(self, key: GateKey, rate: Any, send: Any) -> Any:
-            self.sends += 1
-            if self.holds > 0:
-                self.holds -= 1
-                return HeldBack("circuit_open", world.clock.now + timedelta(seconds=60))
-            return send()
-
-    class CountingCalls(InMemoryCalls):
-        reads = 0
-
-        def get_call(self, call_id: str) -> Any:
-            CountingCalls.reads += 1
-            return super().get_call(call_id)
-
     world = World(call, bot, OK)
     world.calls = CountingCalls(call)
     world.deps.calls = world.calls
-    gate = OpenFor(holds=1)
-    world.deps.gate = gate
+    outage = Outage(world, world.clock.now + timedelta(hours=2))
+    world.deps.gate = outage
+    world.calls.outage = outage
+    # The stream's push meets the open circuit: the call's first outcome says so, nothing is sent.
     assert push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1").outcome == "held_back"
-    gate.holds = 5  # the outage goes on: five more wake-ups find it still open
-    outcomes = world.drain(limit=5)
-    assert outcomes == ["held_back"] * 5
-    assert CountingCalls.reads == 0
-    assert gate.sends == 1  # only the first, from the stream
-    gate.holds = 0
-    assert world.drain() == ["pushed"]
-    assert (world.result["status"], world.result["attempts"]) == ("ok", 1)
+    outcomes = world.drain()
+    # Two hours of outage: only the destination's probes read the call (one a minute, carrying it);
+    # the call's own wake-ups (its ladder) never read or render it, and it wakes once a step at most.
+    assert world.calls.reads == outage.probes
+    own_wake_ups = outcomes.count("held_back")
+    assert own_wake_ups <= 4  # 5 s, 300 s, 1800 s and 7200 s steps of the ladder inside two hours
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 0)
+    probes_logged = [e for e in world.stored["integration_log"] if e["type"] == "post_call_push_probe"]
+    assert len(probes_logged) == outage.probes  # every failed probe is in the call's log, none is an attempt
 
 
 def test_audit_17_held_calls_wake_spread_over_the_window_not_in_one_second(call, bot):
@@ -248,7 +268,7 @@ def test_audit_17_held_calls_wake_spread_over_the_window_not_in_one_second(call,
         world.deps.jitter = lambda j=jitter: j
         world.deps.gate = OpenUntil(world.clock.now + timedelta(seconds=60))
         push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
-        [message] = world.queue.take()
+        [message] = [m for m in world.queue.take() if m.message["kind"] == "attempt"]
         wakes.append(round(message.delay_seconds))
     assert wakes[0] < wakes[1] < wakes[2]
     assert wakes[0] >= 60

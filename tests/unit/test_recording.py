@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from crm_push.recording import RecordingLinkMode, select_recording_url
+from crm_push.errors import PushError
+from crm_push.recording import (
+    SESSION_LINK_MAX_SECONDS,
+    DescribedPresigner,
+    PresignedLink,
+    RecordingLinkMode,
+    presigned_link_lifetime,
+    select_recording_url,
+)
 
 BASE = "https://api.example.com"
 BUCKET = "voicebot-recordings"
@@ -161,6 +169,68 @@ def test_presigner_failure_gives_no_url_and_does_not_raise(caplog: pytest.LogCap
     (warning,) = caplog.records
     assert warning.levelno == logging.WARNING
     assert "presign" in warning.getMessage()
+
+
+def test_a_presign_error_of_our_own_is_logged_with_its_message_anything_else_by_its_type_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def unreadable_signer(bucket: str, key: str) -> str:
+        raise PushError("recordings signer secret rec-signer does not exist (ResourceNotFoundException)")
+
+    def leaky(bucket: str, key: str) -> str:
+        raise RuntimeError("secret_access_key=wJalrXUtnFEMI")
+
+    with caplog.at_level(logging.WARNING, logger="crm_push.recording"):
+        assert select({"recording_url": "s3://b/k.wav"}, presign=unreadable_signer) == ("", "none")
+        assert select({"recording_url": "s3://b/k.wav"}, presign=leaky) == ("", "none")
+
+    ours, theirs = caplog.records
+    assert "rec-signer does not exist" in ours.__dict__["detail"]
+    assert theirs.__dict__["error"] == "RuntimeError"
+    assert theirs.__dict__["detail"] == ""
+    assert "wJalrXUtnFEMI" not in caplog.text
+
+
+# --- how long a presigned link can live (audit #11) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ttl", "signed_with", "expected"),
+    [
+        (604800, "signer", 604800),  # an IAM user's keys honour SigV4's 7 days
+        (604800, "long_term", 604800),
+        (604800, "session", SESSION_LINK_MAX_SECONDS),  # temporary credentials: capped
+        (3600, "session", 3600),  # a shorter TTL is kept as configured
+        (SESSION_LINK_MAX_SECONDS, "session", SESSION_LINK_MAX_SECONDS),
+    ],
+)
+def test_a_link_signed_with_temporary_credentials_is_capped_to_what_they_can_honour(
+    ttl: int, signed_with: Any, expected: int
+) -> None:
+    assert presigned_link_lifetime(ttl, signed_with) == expected
+
+
+def test_the_session_cap_is_six_hours() -> None:
+    assert SESSION_LINK_MAX_SECONDS == 6 * 3600
+
+
+def test_a_presigned_link_hides_its_signed_url_from_repr_and_says_whether_it_dies_with_a_session() -> None:
+    link = PresignedLink("https://s3.example.com/b/k?X-Amz-Signature=deadbeef", 21600, "session")
+    other = PresignedLink("https://s3.example.com/b/k?X-Amz-Signature=deadbeef", 604800, "signer")
+
+    assert "deadbeef" not in repr(link)
+    assert link.dies_with_session
+    assert not other.dies_with_session
+
+
+def test_a_plain_presigner_is_not_a_described_one() -> None:
+    class Described(FakePresigner):
+        def link(self, bucket: str, key: str) -> PresignedLink:
+            return PresignedLink(self(bucket, key), 60, "signer")
+
+    assert not isinstance(FakePresigner(), DescribedPresigner)
+    assert not isinstance(failing_presigner, DescribedPresigner)
+    assert isinstance(Described(), DescribedPresigner)
 
 
 # --- 3. nothing ------------------------------------------------------------------------------------

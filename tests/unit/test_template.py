@@ -177,8 +177,15 @@ def _statements(node: Any) -> list[dict[str, Any]]:
     return found + [s for key, value in node.items() if key != "Statement" for s in _statements(value)]
 
 
+def _delegates_to_iam(statement: dict[str, Any]) -> bool:
+    """A KMS key policy's root statement: the account (IAM policies) decides who may use the key, as AWS's default."""
+    principal = statement.get("Principal")
+    aws = principal.get("AWS") if isinstance(principal, dict) else None
+    return isinstance(aws, dict) and str(aws.get("Fn::Sub", "")).endswith(":root")
+
+
 def test_iam_grants_no_wildcard_actions() -> None:
-    statements = _statements(TEMPLATE["Resources"])
+    statements = [s for s in _statements(TEMPLATE["Resources"]) if not _delegates_to_iam(s)]
     assert len(statements) >= 5
     for statement in statements:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
@@ -221,7 +228,12 @@ def _by_sid(statements: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_state_table_is_keyed_by_pk_and_expires_by_ttl() -> None:
     table = Deployment(TEMPLATE).resources["PushStateTable"]["Properties"]
     assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
-    assert table["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert table["AttributeDefinitions"][0] == {"AttributeName": "pk", "AttributeType": "S"}
+    [waiting] = table["GlobalSecondaryIndexes"]
+    assert waiting["IndexName"] == "waits_on-due-index"
+    assert [k["AttributeName"] for k in waiting["KeySchema"]] == ["waits_on", "due"]
+    # Retained: it is the at-most-once memory beside the call items.
+    assert Deployment(TEMPLATE).resources["PushStateTable"]["DeletionPolicy"] == "Retain"
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
@@ -332,6 +344,9 @@ def test_state_table_grants_exactly_what_the_state_store_and_circuit_breaker_cal
     assert [sorted(_listed(s["Action"])) for s in on_state_table] == [
         ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
     ]
+    # and the release of a recovered destination's waiting calls queries the sparse index, nothing else
+    assert statements["FindWaitingCalls"]["Action"] == "dynamodb:Query"
+    assert statements["FindWaitingCalls"]["Resource"] == "${PushStateTable.Arn}/index/waits_on-due-index"
     assert statements["ScheduleAttempts"]["Action"] == "sqs:SendMessage"
     assert statements["ScheduleAttempts"]["Resource"] == {"Fn::GetAtt": ["RetryQueue", "Arn"]}
 
@@ -345,6 +360,9 @@ def test_secrets_and_parameters_are_readable_only_under_their_prefixes() -> None
     assert store_actions == [
         ("ReadReferencedSecrets", "secretsmanager:GetSecretValue"),
         ("ReadReferencedParameters", "ssm:GetParameter"),
+        # a rotated OAuth refresh token goes back where its reference points, before it is used (behaviour §13)
+        ("KeepRotatedRefreshTokensInSecrets", "secretsmanager:PutSecretValue"),
+        ("KeepRotatedRefreshTokensInParameters", "ssm:PutParameter"),
     ]
     by_sid = _by_sid(statements)
     assert by_sid["ReadReferencedSecrets"]["Resource"] == (
@@ -375,7 +393,11 @@ def test_prefix_parameters_refuse_prefixes_that_would_open_everything(parameter:
 
 def test_kms_decrypt_only_through_the_services_and_only_with_a_customer_key() -> None:
     without_keys = _function_statements(Deployment(TEMPLATE))
-    assert not [s for s in without_keys if any(a.startswith("kms:") for a in _listed(s["Action"]))]
+    kms = [s for s in without_keys if any(a.startswith("kms:") for a in _listed(s["Action"]))]
+    # The stack's own OAuth token key, and only for the token cache's encryption context (behaviour §13).
+    [token_key] = kms
+    assert token_key["Resource"] == {"Fn::GetAtt": ["OAuthTokenKey", "Arn"]}
+    assert token_key["Condition"] == {"StringEquals": {"kms:EncryptionContext:purpose": "post-call-push-oauth-token"}}
     with_keys = _by_sid(_function_statements(Deployment(TEMPLATE, **KMS_KEYS)))
     secrets_key = with_keys["DecryptReferencedSecrets"]
     assert secrets_key["Action"] == "kms:Decrypt"

@@ -97,7 +97,9 @@ def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, att
             return _resend_with_fresh_credentials(call_doc, bot, deps, prepared, sent)
         return sent
 
-    sent = deps.gate.send(key, config.rate_limit_per_second, send)
+    quota = deps.parking.quota_until(key)
+    # A spent quota (contract §14) holds the call before the gate: the tenant's allowance is gone until then.
+    sent = HeldBack("quota", quota) if quota is not None else deps.gate.send(key, config.rate_limit_per_second, send)
     if isinstance(sent, HeldBack):
         what = {"circuit_open": "circuit open", "rate_limited": "rate limited", "quota": "quota spent"}[sent.reason]
         held = new_result(
@@ -170,7 +172,8 @@ def _outcome(bot: BotConfig, deps: PushDeps, prepared: PreparedPush, sent: SendO
     quota_until = None
     if sent.http_status is not None:
         reading = read_answer(bot, sent, body, deps.clock())
-        status, kind, retryable, quota_until = reading.status, reading.error_kind, reading.retryable, reading.quota_until
+        status, kind, retryable = reading.status, reading.error_kind, reading.retryable
+        quota_until = reading.quota_until
         error = reading.error or error
     result = new_result(
         bot,

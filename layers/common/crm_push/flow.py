@@ -26,16 +26,27 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from crm_push.attempt import AttemptOutcome, run_attempt
 from crm_push.clock import first_second_after_lease, from_epoch, iso_utc, whole_second_after
 from crm_push.config import BotConfig
 from crm_push.errors import AlreadyPushed, ClaimHeld, NotDue, QueueError, ResultsNotStored, StorageError
-from crm_push.messages import CallWrite, Record, RetryMessage, parse, record_message, wake_up_message
+from crm_push.messages import (
+    CallWrite,
+    DestinationChain,
+    Record,
+    RetryMessage,
+    parse,
+    record_message,
+    wake_up_message,
+)
+from crm_push.parked import arrange_chain, run_chain
 from crm_push.ports import (
     DeliveryState,
     DeliveryUpdate,
+    GateKey,
+    HeldBack,
     PushDeps,
     PushOutcome,
     PushOutcomeKind,
@@ -46,7 +57,7 @@ from crm_push.ports import (
 )
 from crm_push.request import gate_key_of, seconds_since_start
 from crm_push.retry_after import parse_retry_after
-from crm_push.retry_policy import next_attempt, schedule_for
+from crm_push.retry_policy import DEFAULT_RETRY_SCHEDULE, JITTER, next_attempt, schedule_for
 from crm_push.variables import parse_utc_timestamp
 
 log = logging.getLogger(__name__)
@@ -72,6 +83,7 @@ def push_call(
     trigger: str | None = None,
     bot_id: str | None = None,
     woken: bool = False,
+    probe: bool = False,
 ) -> PushOutcome:
     """Deliver one call whose results were stored (or replay it), attempt by attempt, recording what happened.
 
@@ -81,9 +93,12 @@ def push_call(
     ``woken``: a retry-queue wake-up for ``bot_id``'s call, whose gate is
     asked before the call is read. Raises ResultsNotStored for an early
     event, and StorageError or QueueError when a retry of the trigger is
-    needed; every other failure is recorded on the call.
+    needed; every other failure is recorded on the call. ``probe``: this call
+    carries a probe of its destination's open circuit (contract §14): sent
+    before its own time, and not an attempt.
     """
-    delivery = Delivery(call_id, deps, trigger or f"direct:{uuid.uuid4().hex}", replay=replay, woken=woken)
+    trigger = trigger or f"direct:{uuid.uuid4().hex}"
+    delivery = Delivery(call_id, deps, trigger, replay=replay, woken=woken, probe=probe)
     return delivery.run(call_doc, bot_id)
 
 
@@ -96,6 +111,9 @@ def handle_retry_message(message: Mapping[str, Any] | RetryMessage, deps: PushDe
     parsed = parse(message) if isinstance(message, Mapping) else message
     if isinstance(parsed, Record):
         return apply_record(parsed, deps)
+    if isinstance(parsed, DestinationChain):
+        trigger = f"probe:{message_id}"
+        return run_chain(parsed, deps, lambda call_id: push_call(call_id, deps, trigger=trigger, probe=True))
     now = deps.clock()
     if parsed.due is not None and parsed.due > now:
         if deps.retry_queue is None:
@@ -140,12 +158,15 @@ def apply_record(record: Record, deps: PushDeps) -> PushOutcome:
 class Delivery:
     """One trigger's work on one call's delivery. Its state is its fields, set as the run goes."""
 
-    def __init__(self, call_id: str, deps: PushDeps, trigger: str, *, replay: Replay | None, woken: bool) -> None:
+    def __init__(
+        self, call_id: str, deps: PushDeps, trigger: str, *, replay: Replay | None, woken: bool, probe: bool = False
+    ) -> None:
         self.call_id = call_id
         self.deps = deps
         self.trigger = trigger
         self.replay = replay
         self.woken = woken
+        self.probe = probe
         self.doc: Mapping[str, Any] = {}
         self.bot: BotConfig | None = None
         self.claim_id = ""
@@ -154,7 +175,7 @@ class Delivery:
     # --- eligibility ------------------------------------------------------------------
 
     def run(self, call_doc: Mapping[str, Any] | None, bot_id: str | None) -> PushOutcome:
-        if self.woken and self.replay is None and bot_id:
+        if self.woken and self.replay is None and not self.probe and bot_id:
             held = self._hold_before_reading(bot_id)
             if held is not None:
                 return held
@@ -162,11 +183,10 @@ class Delivery:
         if doc is None:
             return self._outcome("call_not_found")
         self.doc = doc
-        if self.replay is None:
-            if "results_stored_at" not in doc:
-                raise ResultsNotStored(f"call {self.call_id} has no results_stored_at yet")
-            if is_final_result(doc.get(RESULT_ATTRIBUTE)):
-                return self._outcome("already_pushed")
+        if self.replay is None and "results_stored_at" not in doc:
+            raise ResultsNotStored(f"call {self.call_id} has no results_stored_at yet")
+        if not self._forced and is_final_result(doc.get(RESULT_ATTRIBUTE)):
+            return self._outcome("already_pushed")
         found_bot_id = doc.get("bot_id")
         bot = self.deps.bots.get_bot(found_bot_id) if isinstance(found_bot_id, str) and found_bot_id else None
         if self.replay is None and doc.get("skip_post_push") is True:
@@ -186,13 +206,15 @@ class Delivery:
             refused = self._claim()
             if refused is not None:
                 return refused
-            if self.replay is None:
+            if not self._forced:
                 adopted = self._adopt_recorded_outcome()
                 if adopted == "done":
                     return self._outcome("already_pushed")
                 if adopted == "scheduled":
                     continue  # claim again: due now, or NotDue re-sends the schedule's message
             attempt = run_attempt(self.doc, self._bot, self.deps, self.state.attempts)
+            if self.probe:
+                return self._after_probe(attempt)
             if attempt.deferred:
                 self.deps.state.release(self.call_id, self.claim_id)
                 self._wake_up(self.deps.clock(), "deadline near, not attempted")
@@ -227,7 +249,8 @@ class Delivery:
                 self.trigger,
                 self.deps.clock(),
                 self.deps.claim_lease_seconds,
-                force=self.replay is not None,
+                force=self._forced,
+                probe=self.probe,
             )
         except AlreadyPushed as exc:
             self._finish_pending_write(exc.pending, exc.attempts)
@@ -295,6 +318,8 @@ class Delivery:
         now = self.deps.clock()
         result, due, ended_why = self._next_step(attempt, now)
         entry = {"type": "post_call_push", **result.as_item()}
+        if self.probe:
+            entry["probe"] = True  # carried by its destination's probe: delivered, and not an attempt
         pending = [*self.state.unwritten, entry]
         write_call = due is None or not self.state.call_written
         call_written = False
@@ -302,7 +327,7 @@ class Delivery:
         if write_call:
             try:
                 self.deps.calls.write_outcome(
-                    self.call_id, result.as_item(), pending, self._event(result, now), self.replay is not None
+                    self.call_id, result.as_item(), pending, self._event(result, now), self._forced
                 )
                 call_written = True
             except StorageError as exc:
@@ -318,10 +343,12 @@ class Delivery:
             call_written=self.state.call_written or call_written,
             unwritten=() if call_written else tuple(pending),
             trigger=self.trigger,
+            # A later attempt waits on its destination: its recovery brings it forward (contract §14).
+            waits_on=attempt.gate_key if due is not None else None,
         )
         call_write = None
         if write_call and not call_written:
-            call_write = CallWrite(result.as_item(), pending, self._event(result, now), self.replay is not None)
+            call_write = CallWrite(result.as_item(), pending, self._event(result, now), self._forced)
         kind: PushOutcomeKind = "pushed"
         try:
             saved = self.deps.state.save(self.call_id, self.claim_id, update, now)
@@ -337,10 +364,18 @@ class Delivery:
             if not saved:
                 kind = "claim_lost"
         self._log_recorded(result, ended_why, write_call, call_written, kind)
+        if attempt.quota_until is not None and attempt.gate_key is not None:
+            # The tenant's allowance is spent: every call of this (destination, scope) waits for its reset.
+            self.deps.parking.spend_quota(attempt.gate_key, attempt.quota_until)
+            arrange_chain(self.deps, attempt.gate_key, "release", attempt.quota_until, self._bot.bot_id)
         return PushOutcome(self.call_id, kind, result), due
 
     def _next_step(self, attempt: AttemptOutcome, now: datetime) -> tuple[PushResult, datetime | None, str]:
         result = attempt.result
+        if attempt.quota_until is not None and self.deps.retry_queue is not None:
+            # A spent quota is not a failing CRM: the next attempt goes at its reset, whatever the ladder says.
+            due = whole_second_after(attempt.quota_until)
+            return replace(result, next_attempt_at=iso_utc(due)), due, ""
         if not attempt.retryable:
             return result, None, ""
         nxt = next_attempt(
@@ -358,10 +393,13 @@ class Delivery:
         return replace(result, next_attempt_at=iso_utc(due)), due, ""
 
     def _hold(self, attempt: AttemptOutcome) -> PushOutcome:
-        """Schedule a held-back call for when its destination lets it through, spending no attempt.
+        """A call its destination holds back (open circuit, spent quota, rate limit) waits, spending no attempt.
 
         A hold before the delivery's first outcome is that outcome (contract
-        §10): the call item says ``failed``, why, and when the next try goes.
+        §10, §14): the call item says ``failed``, why, and when the next try
+        goes. Held by a circuit or a quota, the call waits on its own ladder
+        (one wake-up a step) and on its destination's chain, which releases it
+        as soon as the destination recovers: nothing polls.
         """
         held = attempt.held
         assert held is not None
@@ -369,10 +407,17 @@ class Delivery:
             # Nothing to wake it later (an operator's replay without a queue): change nothing.
             self.deps.state.release(self.call_id, self.claim_id)
             return self._outcome("held_no_queue", attempt.result)
-        until = held.until
-        if held.reason != "rate_limited":
-            until = whole_second_after(until + timedelta(seconds=self.deps.jitter() * HELD_WAKE_SPREAD_SECONDS))
         now = self.deps.clock()
+        key = attempt.gate_key
+        holds = self.state.holds
+        if held.reason == "rate_limited" or key is None:
+            until = held.until
+            waits_on = None
+        else:
+            holds += 1
+            until = max(self._hold_step(holds, now), self._spread(held.until))
+            waits_on = key
+            self._arrange(key, held)
         result = replace(attempt.result, next_attempt_at=iso_utc(until))
         write_call = held.reason != "rate_limited" and not self.state.call_written
         if write_call:
@@ -386,6 +431,8 @@ class Delivery:
             call_written=self.state.call_written or write_call,
             unwritten=() if write_call else self.state.unwritten,
             trigger=self.trigger,
+            waits_on=waits_on,
+            holds=holds,
         )
         self.deps.state.save(self.call_id, self.claim_id, update, now)
         self._wake_up(until, held.reason)
@@ -399,12 +446,13 @@ class Delivery:
         """A woken call whose destination still holds calls waits again without reading or rendering the call.
 
         Only a delivery whose first outcome is already on the call item: the
-        state alone is moved on, and duplicated wake-ups collapse on its claim.
+        state alone is moved on (to the call's next ladder step), and
+        duplicated wake-ups collapse on its claim.
         """
         bot = self.deps.bots.get_bot(bot_id)
         key = gate_key_of(bot, self.deps) if bot is not None and bot.push is not None else None
-        until = self.deps.gate.held_until(key) if key is not None else None
-        if until is None:
+        held = self._held(key) if key is not None else None
+        if held is None or key is None:
             return None
         self.bot = bot
         refused = self._claim()
@@ -413,13 +461,71 @@ class Delivery:
         if not self.state.call_written or self.deps.retry_queue is None:
             self.deps.state.release(self.call_id, self.claim_id)
             return None
-        due = whole_second_after(until + timedelta(seconds=self.deps.jitter() * HELD_WAKE_SPREAD_SECONDS))
+        now = self.deps.clock()
+        holds = self.state.holds + 1
+        due = max(self._hold_step(holds, now), self._spread(held.until))
+        self._arrange(key, held)
         update = DeliveryUpdate(
-            self.state.attempts, "scheduled", due, self.state.call_written, self.state.unwritten, self.trigger
+            self.state.attempts,
+            "scheduled",
+            due,
+            self.state.call_written,
+            self.state.unwritten,
+            self.trigger,
+            waits_on=key,
+            holds=holds,
         )
-        self.deps.state.save(self.call_id, self.claim_id, update, self.deps.clock())
-        self._wake_up(due, "circuit_open")
+        self.deps.state.save(self.call_id, self.claim_id, update, now)
+        self._wake_up(due, held.reason)
         return self._outcome("held_back")
+
+    def _held(self, key: GateKey) -> HeldBack | None:
+        quota = self.deps.parking.quota_until(key)
+        if quota is not None:
+            return HeldBack("quota", quota)
+        until = self.deps.gate.held_until(key)
+        if until is None:
+            # A probe is due: the destination's chain carries one call; a woken call does not race it.
+            until = self.deps.parking.probing(key)
+        return HeldBack("circuit_open", until) if until is not None else None
+
+    def _arrange(self, key: GateKey, held: HeldBack) -> None:
+        """Make sure the destination has its one chain: a probe of its circuit, or the release at its quota's reset."""
+        action: Literal["probe", "release"] = "release" if held.reason == "quota" else "probe"
+        arrange_chain(self.deps, key, action, held.until, self._bot.bot_id)
+
+    def _hold_step(self, holds: int, now: datetime) -> datetime:
+        """The n-th hold's own wake-up: the bot's ladder, step by step (the default one for a single-attempt bot)."""
+        configured = self._bot.push.retry_schedule_seconds if self._bot.push else None
+        ladder = schedule_for(configured) or DEFAULT_RETRY_SCHEDULE
+        delay = ladder[min(holds, len(ladder)) - 1] * (1 - JITTER + 2 * JITTER * self.deps.jitter())
+        return whole_second_after(now + timedelta(seconds=delay))
+
+    def _spread(self, moment: datetime) -> datetime:
+        return whole_second_after(moment + timedelta(seconds=self.deps.jitter() * HELD_WAKE_SPREAD_SECONDS))
+
+    def _after_probe(self, attempt: AttemptOutcome) -> PushOutcome:
+        """A probe carried this call (contract §14), not an attempt: success delivers it, the rest spends nothing."""
+        if attempt.held is not None or attempt.deferred:
+            self.deps.state.release(self.call_id, self.claim_id)
+            return self._outcome("held_back")
+        result = replace(attempt.result, attempts=self.state.attempts)
+        if result.status == "ok":
+            outcome, _ = self._record(replace(attempt, result=result, retryable=False))
+            return outcome
+        entry = {
+            "type": "post_call_push_probe",
+            **{k: v for k, v in result.as_item().items() if k not in ("attempts", "next_attempt_at", "exhausted")},
+        }
+        try:
+            self.deps.calls.append_entries(self.call_id, [entry])
+        finally:
+            self.deps.state.release(self.call_id, self.claim_id)
+        log.info(
+            "probe failed: nothing spent",
+            extra={"call_id": self.call_id, "http_status": result.http_status, "error_kind": result.error_kind},
+        )
+        return self._outcome("probe_failed", result)
 
     def _stop(self, kind: PushOutcomeKind, why: str) -> PushOutcome:
         """A call or bot no longer eligible: a delivery still scheduled ends visibly, anything else is left alone."""
@@ -483,6 +589,11 @@ class Delivery:
             log.error("record message could not be queued; the state keeps the pending entries")
 
     # --- small parts ------------------------------------------------------------------------
+
+    @property
+    def _forced(self) -> bool:
+        """An operator's replay pushes whatever the call and the state say (unless it asked not to force)."""
+        return self.replay is not None and self.replay.force
 
     @property
     def _bot(self) -> BotConfig:

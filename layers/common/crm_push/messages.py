@@ -10,6 +10,10 @@ Two kinds reach the handler from the retry queue (contract §10):
     update (when the state table refused it) and/or the call item's write.
     Applying one never sends anything (contract §12: an answered attempt
     is recorded, never re-sent); applying it twice changes nothing.
+``destination``
+    one (destination, scope)'s chain (contract §14): a ``probe`` of its open
+    circuit carrying one waiting call, or the ``release`` of every call
+    waiting on it once it recovers or its quota resets.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, Literal
 
 from crm_push.clock import iso_utc
 from crm_push.jsonvalues import to_json
-from crm_push.ports import DeliveryUpdate
+from crm_push.ports import DeliveryUpdate, GateKey
 from crm_push.variables import parse_utc_timestamp
 
 MESSAGE_VERSION = 2
@@ -58,11 +62,37 @@ class Record:
     tries: int = 0
 
 
-RetryMessage = WakeUp | Record
+@dataclass(frozen=True, slots=True)
+class DestinationChain:
+    key: GateKey
+    action: Literal["probe", "release"]
+    bot_id: str | None
+    due: datetime | None
+
+    @property
+    def call_id(self) -> str:
+        """A chain belongs to a destination, not to one call."""
+        return ""
+
+
+RetryMessage = WakeUp | Record | DestinationChain
 
 
 def wake_up_message(call_id: str, bot_id: str | None, due: datetime) -> dict[str, Any]:
     return {"v": MESSAGE_VERSION, "kind": "attempt", "call_id": call_id, "bot_id": bot_id, "due": iso_utc(due)}
+
+
+def chain_message(chain: DestinationChain) -> dict[str, Any]:
+    return {
+        "v": MESSAGE_VERSION,
+        "kind": "destination",
+        "call_id": "",
+        "destination": chain.key.destination,
+        "scope": chain.key.scope,
+        "action": chain.action,
+        "bot_id": chain.bot_id,
+        "due": iso_utc(chain.due) if chain.due else None,
+    }
 
 
 def record_message(record: Record) -> dict[str, Any]:
@@ -106,11 +136,13 @@ def parse(raw: Mapping[str, Any]) -> RetryMessage:
     version = raw.get("v", 1)
     if version not in READABLE_VERSIONS:
         raise ValueError(f"retry message version {version!r} is not one this code reads")
+    bot_id = raw.get("bot_id") if isinstance(raw.get("bot_id"), str) else None
+    kind: Literal["attempt", "record", "destination"] | Any = raw.get("kind", "attempt")
+    if kind == "destination":
+        return _chain(raw, bot_id)
     call_id = raw.get("call_id")
     if not isinstance(call_id, str) or not call_id:
         raise ValueError("retry message has no call_id")
-    bot_id = raw.get("bot_id") if isinstance(raw.get("bot_id"), str) else None
-    kind: Literal["attempt", "record"] | Any = raw.get("kind", "attempt")
     if kind == "attempt":
         due = parse_utc_timestamp(raw.get("due")) if raw.get("due") else None
         return WakeUp(call_id, bot_id, due)
@@ -128,6 +160,16 @@ def parse(raw: Mapping[str, Any]) -> RetryMessage:
         _call_write(call) if isinstance(call, Mapping) else None,
         int(raw.get("tries") or 0),
     )
+
+
+def _chain(raw: Mapping[str, Any], bot_id: str | None) -> DestinationChain:
+    destination, scope, action = raw.get("destination"), raw.get("scope"), raw.get("action")
+    if not isinstance(destination, str) or not destination or not isinstance(scope, str) or not scope:
+        raise ValueError("destination message has no destination or scope")
+    if action not in ("probe", "release"):
+        raise ValueError(f"destination message action {action!r} is unknown")
+    due = parse_utc_timestamp(raw.get("due")) if raw.get("due") else None
+    return DestinationChain(GateKey(destination, scope), action, bot_id, due)
 
 
 def _record_v1(raw: Mapping[str, Any], call_id: str, bot_id: str | None) -> Record:

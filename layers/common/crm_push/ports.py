@@ -87,10 +87,16 @@ class SendOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """An operator's explicit re-push: who asked, and why."""
+    """An operator's explicit re-push: who asked, and why.
+
+    ``force`` (the default) pushes a call already delivered. Without it the
+    replay only pushes a call whose delivery has not ended (a reconciliation
+    sweep: a call delivered since it was selected is left alone).
+    """
 
     by: str
     reason: str
+    force: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +158,7 @@ class DeliveryState:
     call_written: bool = False  # the call item carries every attempt of this delivery so far
     unwritten: tuple[dict[str, Any], ...] = ()  # attempt entries not yet on the call's integration_log
     taken_over: bool = False  # the previous holder's lease ran out: it may have died mid-attempt
+    holds: int = 0  # times the call was held back (open circuit, quota) without an attempt: its own wake-up ladder
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +176,17 @@ class DeliveryUpdate:
     call_written: bool
     unwritten: tuple[dict[str, Any], ...]
     trigger: str | None
+    waits_on: GateKey | None = None
+    """The (destination, scope) a scheduled delivery waits on: released with it when it recovers (contract §14)."""
+    holds: int = 0
 
 
 class CallStore(Protocol):
     def get_call(self, call_id: str) -> dict[str, Any] | None: ...
+
+    def append_entries(self, call_id: str, entries: list[dict[str, Any]]) -> bool:
+        """Append to ``integration_log`` only: a failed probe is no attempt, the result stays. Raises StorageError."""
+        ...
 
     def write_outcome(
         self, call_id: str, result: dict[str, Any], entries: list[dict[str, Any]], event: dict[str, Any], force: bool
@@ -190,13 +204,30 @@ class CallStore(Protocol):
 
 class DeliveryStore(Protocol):
     def claim(
-        self, call_id: str, claim_id: str, trigger: str, now: datetime, lease_seconds: int, force: bool
+        self,
+        call_id: str,
+        claim_id: str,
+        trigger: str,
+        now: datetime,
+        lease_seconds: int,
+        force: bool,
+        *,
+        probe: bool = False,
     ) -> DeliveryState:
         """Take the call's delivery for one attempt.
 
         Raises AlreadyPushed (delivered, unless ``force``), NotDue (the next
-        attempt is scheduled later, unless ``force``), ClaimHeld (another
-        push holds a live lease) or StorageError.
+        attempt is scheduled later, unless ``force`` or ``probe``: a probe
+        carries a parked call before its time), ClaimHeld (another push holds
+        a live lease) or StorageError.
+        """
+        ...
+
+    def release_parked(self, call_id: str, waits_on: GateKey, due: datetime) -> bool:
+        """Bring a delivery waiting on ``waits_on`` forward to ``due`` (its destination recovered).
+
+        Only while it still waits there and is scheduled: a call delivered or
+        moved on meanwhile is left alone. False then.
         """
         ...
 
@@ -232,6 +263,16 @@ class GateKey:
     destination: str  # scheme://host:port, from the one parse of the url
     scope: str  # the bot's tenant_id, else its bot_id
 
+    @property
+    def label(self) -> str:
+        """``<scope>#<destination>``: how tables name it (a destination has no ``#``)."""
+        return f"{self.scope}#{self.destination}"
+
+    @classmethod
+    def from_label(cls, label: str) -> GateKey:
+        scope, _, destination = label.rpartition("#")
+        return cls(destination, scope)
+
 
 @dataclass(frozen=True, slots=True)
 class HeldBack:
@@ -254,6 +295,58 @@ class DestinationGate(Protocol):
         A cheap, cached read: asked before a held call is read or rendered.
         """
         ...
+
+
+class ParkingLot(Protocol):
+    """Calls parked on a (destination, scope), and that destination's quota (contract §14).
+
+    One wake-up chain per (destination, scope): a probe while its circuit is
+    open, a release when it recovers or its quota resets. Nothing polls per call.
+    """
+
+    def quota_until(self, key: GateKey) -> datetime | None:
+        """The end of the spent quota, when one is spent now (a cached read)."""
+        ...
+
+    def spend_quota(self, key: GateKey, until: datetime) -> None: ...
+
+    def probing(self, key: GateKey) -> datetime | None:
+        """When the key's probe chain next runs, while one is arranged (its circuit is being probed)."""
+        ...
+
+    def arrange(self, key: GateKey, action: Literal["probe", "release"], due: datetime) -> bool:
+        """Take the key's chain for ``action`` at ``due``; False when a chain is already arranged."""
+        ...
+
+    def finish(self, key: GateKey) -> None:
+        """The chain is done: the next hold arranges a new one."""
+        ...
+
+    def waiting(self, key: GateKey, limit: int | None = None) -> list[str]:
+        """Call ids of deliveries waiting on ``key``, the earliest due first."""
+        ...
+
+
+class NoParking:
+    """No parking lot (tools, and tests that do not exercise it): no quotas, no chains, nobody waiting."""
+
+    def quota_until(self, key: GateKey) -> datetime | None:
+        return None
+
+    def spend_quota(self, key: GateKey, until: datetime) -> None:
+        return None
+
+    def probing(self, key: GateKey) -> datetime | None:
+        return None
+
+    def arrange(self, key: GateKey, action: Literal["probe", "release"], due: datetime) -> bool:
+        return False
+
+    def finish(self, key: GateKey) -> None:
+        return None
+
+    def waiting(self, key: GateKey, limit: int | None = None) -> list[str]:
+        return []
 
 
 class UnguardedGate:
@@ -305,6 +398,7 @@ class PushDeps:
     sleep: Callable[[float], None] = time.sleep
     jitter: Callable[[], float] = field(default=random.random)
     gate: DestinationGate = field(default_factory=UnguardedGate)
+    parking: ParkingLot = field(default_factory=NoParking)
     secrets: SecretResolver | None = None
     secrets_name_prefix: str = ""
     parameters_path_prefix: str = ""
@@ -331,6 +425,8 @@ PushOutcomeKind = Literal[
     "record_deferred",  # the CRM answered, the writes failed: a record message carries them
     "recorded",  # a record message's writes were made
     "put_back",  # a wake-up that came early went back on the queue for the rest of its wait
+    "probe_failed",  # a probe carried this parked call and the destination still failed: nothing spent
+    "released",  # a destination recovered: the calls waiting on it were brought forward
 ]
 
 

@@ -19,7 +19,6 @@ from crm_push.jsonvalues import to_json, to_text
 from crm_push.ports import MAX_PAYLOAD_BYTES, USER_AGENT, GateKey, PushDeps, PushRequest, SecretResolver
 from crm_push.presets import build_preset_request
 from crm_push.push_url import PushUrl, parse_push_url
-from crm_push.url_templates import compile_url_template
 from crm_push.recording import RecordingLinkMode, select_recording_url
 from crm_push.secrets import (
     PushCredentials,
@@ -30,6 +29,7 @@ from crm_push.secrets import (
 )
 from crm_push.signing import signed_content, webhook_headers
 from crm_push.templates import compile_template
+from crm_push.url_templates import compile_url_template
 from crm_push.variables import build_push_variables, parse_utc_timestamp
 
 
@@ -98,7 +98,8 @@ def gate_key_of(bot: BotConfig, deps: PushDeps) -> GateKey | None:
         if config.preset is not None:
             origin = compile_url_template(build_preset_request(config.preset, "-", {}).url_template).origin
         elif isinstance(config.url, SecretRef):
-            return GateKey(parse_push_url(resolver_for(bot, deps).resolve(config.url), from_reference=True).destination, bot.scope)
+            text = resolver_for(bot, deps).resolve(config.url)
+            return GateKey(parse_push_url(text, from_reference=True).destination, bot.scope)
         else:
             assert config.url is not None
             origin = compile_url_template(config.url).origin if "{{" in config.url else config.url

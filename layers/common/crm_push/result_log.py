@@ -24,12 +24,22 @@ def entry_attempts(entry: Mapping[str, Any]) -> int | None:
 def attempts_before(entries: Sequence[Mapping[str, Any]]) -> int | None:
     """The attempt a writer believes the call already shows: the one before its first entry (None: no entries)."""
     counted = [n for n in (entry_attempts(e) for e in entries) if n is not None]
-    return min(counted) - 1 if counted else None
+    return max(0, min(counted) - 1) if counted else None
 
 
-def entries_after(entries: Sequence[Mapping[str, Any]], attempts: int) -> list[dict[str, Any]]:
-    """The entries a call whose result names ``attempts`` does not carry yet (entries without a count stay)."""
-    return [dict(e) for e in entries if (entry_attempts(e) is None or (entry_attempts(e) or 0) > attempts)]
+def entries_after(entries: Sequence[Mapping[str, Any]], attempts: int, pushed_at: str = "") -> list[dict[str, Any]]:
+    """The entries a call whose result names (``attempts``, ``pushed_at``) does not carry yet.
+
+    Entries sort as results do: by attempts, then time (a successful probe is
+    not an attempt: it comes after the attempt it follows). Entries without
+    a count always stay.
+    """
+    kept = []
+    for entry in entries:
+        counted = entry_attempts(entry)
+        if counted is None or (counted, str(entry.get("pushed_at") or "")) > (attempts, pushed_at):
+            kept.append(dict(entry))
+    return kept
 
 
 def moves_forward(stored: Any, result: Mapping[str, Any]) -> bool:
@@ -49,3 +59,10 @@ def shown_attempts(stored: Any) -> int:
     if not isinstance(stored, Mapping) or stored.get("attempts") is None:
         return 0
     return int(stored["attempts"])
+
+
+def shown_position(stored: Any) -> tuple[int, str]:
+    """Where a stored result stands: its attempts and its time ("" without a result)."""
+    if not isinstance(stored, Mapping):
+        return 0, ""
+    return shown_attempts(stored), str(stored.get("pushed_at") or "")

@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from crm_push.config import BotConfig, load_bot_config
 from crm_push.errors import StorageError
-from crm_push.result_log import attempts_before, entries_after, moves_forward, shown_attempts
+from crm_push.result_log import attempts_before, entries_after, moves_forward, shown_position
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,24 @@ class CallsTable:
         item = response.get("Item")
         return from_item(item) if item else None
 
+    def append_entries(self, call_id: str, entries: list[dict[str, Any]]) -> bool:
+        """Append to ``integration_log`` alone (a failed probe: not an attempt, so the result stays)."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"call_id": {"S": call_id}},
+                UpdateExpression="SET integration_log = list_append(if_not_exists(integration_log, :empty), :log)",
+                ConditionExpression="attribute_exists(call_id)",
+                ExpressionAttributeValues=to_item({":log": entries, ":empty": []}),
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise StorageError(f"logging on call {call_id} failed: {aws_error(exc)}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"logging on call {call_id} failed: {aws_error(exc)}") from exc
+        return True
+
     def write_outcome(
         self,
         call_id: str,
@@ -83,9 +101,10 @@ class CallsTable:
         result would not move forward (already written, older, or a result
         from before durable delivery) or the call is gone.
         """
-        known = None if force else attempts_before(entries)
+        before = None if force else attempts_before(entries)
+        known: tuple[int, str] | None = None if before is None else (before, "")
         for _ in range(3):
-            appended = entries if known is None else entries_after(entries, known)
+            appended = entries if known is None else entries_after(entries, *known)
             written = self._write_outcome(call_id, result, appended, event, force, known)
             if isinstance(written, bool):
                 return written
@@ -93,7 +112,7 @@ class CallsTable:
             if not written or not moves_forward(stored, result):
                 log.info("call outcome already recorded (or call gone)", extra={"call_id": call_id})
                 return False
-            known = shown_attempts(stored)
+            known = shown_position(stored)
         return False  # three concurrent writers moved it on under us: theirs are newer
 
     def _write_outcome(
@@ -103,7 +122,7 @@ class CallsTable:
         entries: list[dict[str, Any]],
         event: dict[str, Any],
         force: bool,
-        known: int | None,
+        known: tuple[int, str] | None,
     ) -> bool | dict[str, Any]:
         """One conditional write; the item as it was (a dict) when the condition refused it."""
         condition = "attribute_exists(call_id)"
@@ -112,15 +131,22 @@ class CallsTable:
             forward = (
                 "(#result.attempts < :attempts OR (#result.attempts = :attempts AND #result.pushed_at < :pushed_at))"
             )
+            # The stored result must be the one the appended entries follow: else they may repeat some.
             if known is None:
                 condition += f" AND (attribute_not_exists(#result) OR {forward})"
-            elif known == 0:
-                condition += f" AND (attribute_not_exists(#result) OR (#result.attempts = :known AND {forward}))"
             else:
-                condition += f" AND #result.attempts = :known AND {forward}"
+                stands = "#result.attempts = :known" + (" AND #result.pushed_at = :known_at" if known[1] else "")
+                extends = f"{stands} AND {forward}"
+                # DynamoDB refuses redundant parentheses: only wrap what an OR needs wrapped.
+                if known == (0, ""):
+                    condition += f" AND (attribute_not_exists(#result) OR ({extends}))"
+                else:
+                    condition += f" AND {extends}"
             values = {":attempts": result.get("attempts", 0), ":pushed_at": result.get("pushed_at", "")}
             if known is not None:
-                values[":known"] = known
+                values[":known"] = known[0]
+                if known[1]:
+                    values[":known_at"] = known[1]
         updates: list[tuple[str, dict[str, Any]]] = [
             (
                 "SET #result = :result,"

@@ -18,7 +18,10 @@ Item ``delivery#<call_id>``:
 ``log``         attempt entries not yet appended to the call's ``integration_log``;
                 with ``written`` false, attempts the CRM answered whose call
                 write failed ("answered, not yet written")
-``by``          the trigger whose attempt wrote this state (see ``push.push_call``)
+``by``          the trigger whose attempt wrote this state (see ``flow.push_call``)
+``waits_on``    ``<scope>#<destination>`` while scheduled behind that destination (sparse index
+                ``waits_on-due-index``: the calls a recovery releases, contract §14)
+``holds``       times the call was held without an attempt (its own wake-up ladder)
 ``expires_at``  TTL: the item goes a month after its last write
 ==============  ===========================================================
 """
@@ -33,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from crm_push.adapters.dynamodb import aws_error, from_item, to_item
 from crm_push.clock import lease_is_live
 from crm_push.errors import AlreadyPushed, ClaimHeld, NotDue, StorageError
-from crm_push.ports import DeliveryState, DeliveryUpdate
+from crm_push.ports import DeliveryState, DeliveryUpdate, GateKey
 
 RETENTION_SECONDS = 30 * 86400
 PENDING_BODY_CHARS = 200
@@ -95,7 +98,15 @@ class DeliveryStateTable:
         self._table = table_name
 
     def claim(
-        self, call_id: str, claim_id: str, trigger: str, now: datetime, lease_seconds: int, force: bool = False
+        self,
+        call_id: str,
+        claim_id: str,
+        trigger: str,
+        now: datetime,
+        lease_seconds: int,
+        force: bool = False,
+        *,
+        probe: bool = False,
     ) -> DeliveryState:
         """Take the call for one attempt; the old item (returned by the same write) says what came before.
 
@@ -106,6 +117,8 @@ class DeliveryStateTable:
         free = "(attribute_not_exists(#lease) OR #lease < :now OR #claim = :me)"
         if force:
             condition = f"attribute_not_exists(pk) OR {free}"
+        elif probe:
+            condition = f"attribute_not_exists(pk) OR ((attribute_not_exists(#st) OR #st <> :done) AND {free})"
         else:
             condition = (
                 "attribute_not_exists(pk) OR ((attribute_not_exists(#st) OR #st <> :done)"
@@ -126,7 +139,8 @@ class DeliveryStateTable:
                     "#trigger": "claim_trigger",
                     "#attempts": "attempts",
                     "#ttl": "expires_at",
-                    **({} if force else {"#st": "st", "#due": "due"}),
+                    **({} if force else {"#st": "st"}),
+                    **({} if force or probe else {"#due": "due"}),
                 },
                 ExpressionAttributeValues=to_item(
                     {
@@ -146,7 +160,7 @@ class DeliveryStateTable:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise StorageError(f"claiming call {call_id} failed: {aws_error(exc)}") from exc
             old_item = from_item(exc.response.get("Item") or {})
-            raise self._refusal(call_id, claim_id, old_item, epoch, force) from exc
+            raise self._refusal(call_id, claim_id, old_item, epoch, force, probe) from exc
         except BotoCoreError as exc:
             raise StorageError(f"claiming call {call_id} failed: {aws_error(exc)}") from exc
         old = from_item(response.get("Attributes") or {})
@@ -157,10 +171,11 @@ class DeliveryStateTable:
             call_written=bool(old.get("written")),
             unwritten=_entries(old),
             taken_over=holder is not None and holder != claim_id,
+            holds=int(old.get("holds") or 0),
         )
 
     @staticmethod
-    def _refusal(call_id: str, claim_id: str, old: dict[str, Any], now: int, force: bool) -> Exception:
+    def _refusal(call_id: str, claim_id: str, old: dict[str, Any], now: int, force: bool, probe: bool) -> Exception:
         """Why the claim's condition failed, read from the item as it was."""
         attempts = int(old.get("attempts") or 0)
         done = old.get("st") == "done"
@@ -173,7 +188,7 @@ class DeliveryStateTable:
         if lease is not None and lease_is_live(lease, now) and old.get("claim_id") != claim_id:
             return ClaimHeld(f"call {call_id} is being pushed by another invocation", until=int(lease))
         due = old.get("due")
-        if due is not None:
+        if due is not None and not probe:
             return NotDue(
                 f"call {call_id} has its next attempt scheduled",
                 due=int(due),
@@ -208,6 +223,12 @@ class DeliveryStateTable:
             values[":due"] = int(update.due.timestamp())
         else:
             removes += ", #due"
+        if update.waits_on is not None and update.status == "scheduled":
+            sets += ", #waits = :waits, #holds = :holds"
+            values[":waits"] = update.waits_on.label
+            values[":holds"] = update.holds
+        else:
+            removes += ", #waits, #holds"
         condition = "attribute_not_exists(#attempts) OR #attempts < :attempts"
         if claim_id is not None:
             condition = f"#claim = :me OR {condition}"
@@ -228,6 +249,8 @@ class DeliveryStateTable:
                     "#log": "log",
                     "#ttl": "expires_at",
                     "#due": "due",
+                    "#waits": "waits_on",
+                    "#holds": "holds",
                     **({"#by": "by"} if update.trigger is not None else {}),
                 },
                 ExpressionAttributeValues=to_item(values),
@@ -261,6 +284,27 @@ class DeliveryStateTable:
             raise StorageError(f"recording the delivery of call {call_id} failed: {aws_error(exc)}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"recording the delivery of call {call_id} failed: {aws_error(exc)}") from exc
+        return True
+
+    def release_parked(self, call_id: str, waits_on: GateKey, due: datetime) -> bool:
+        """Bring a delivery waiting on ``waits_on`` forward to ``due``, if it still waits there."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=delivery_key(call_id),
+                UpdateExpression="SET #due = :due REMOVE #waits",
+                ConditionExpression="#waits = :waits AND #st = :scheduled",
+                ExpressionAttributeNames={"#due": "due", "#waits": "waits_on", "#st": "st"},
+                ExpressionAttributeValues=to_item(
+                    {":due": int(due.timestamp()), ":waits": waits_on.label, ":scheduled": "scheduled"}
+                ),
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise StorageError(f"releasing call {call_id} failed: {aws_error(exc)}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"releasing call {call_id} failed: {aws_error(exc)}") from exc
         return True
 
     def release(self, call_id: str, claim_id: str) -> None:
