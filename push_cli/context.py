@@ -170,8 +170,12 @@ class Context:
         return from_item(item) if item else None
 
     def presigner(self) -> Presigner:
+        settings = self.settings_values()
         return make_presigner(
-            self.recordings_endpoint_url, self.settings_values().recording_url_ttl_seconds, session=self.session()
+            self.recordings_endpoint_url,
+            settings.recording_url_ttl_seconds,
+            session=self.session(),
+            signer_secret=settings.recordings_signer_secret,
         )
 
     def settings_values(self) -> Settings:

@@ -31,6 +31,7 @@ from crm_push.config import BotConfig, load_bot_config
 from crm_push.errors import ConfigError, PushError, StorageError
 from crm_push.push import Replay, push_call
 from crm_push.request import gate_key_of
+from push_cli import auth as auth_cli
 from push_cli import circuits as circuits_cli
 from push_cli import dlq as dlq_cli
 from push_cli import lint as lint_module
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     secrets_cli.add_parser(commands, common, EPILOG)
     circuits_cli.add_parser(commands, common, EPILOG)
+    auth_cli.add_parser(commands, common, EPILOG)
     reconcile_cli.add_parser(commands, common, EPILOG)
     dlq_cli.add_parser(commands, common, EPILOG)
     return parser
@@ -488,6 +490,7 @@ COMMANDS = {
     "status": cmd_status,
     "secrets": secrets_cli.cmd_secrets,
     "circuits": circuits_cli.cmd_circuits,
+    "auth": auth_cli.cmd_auth,
     "reconcile": reconcile_cli.run,
     "dlq": dlq_cli.run,
 }

@@ -16,7 +16,7 @@ from typing import Any
 from crm_push.clock import iso_utc
 from crm_push.config import BotConfig
 from crm_push.error_kinds import is_retryable
-from crm_push.errors import ConfigError, PayloadTooLarge
+from crm_push.errors import AuthFailed, ConfigError, PayloadTooLarge
 from crm_push.ports import (
     MAX_RESPONSE_BODY_CHARS,
     GateKey,
@@ -93,6 +93,8 @@ def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, att
 
     def send() -> SendOutcome:
         sent = deps.crm.send(prepared.request, deps.deadline())
+        if sent.http_status == 401 and prepared.access_token is not None:
+            return _resend_with_new_token(call_doc, bot, deps, prepared, sent)
         if sent.http_status in _STALE_CREDENTIAL_STATUSES and prepared.uses_references:
             return _resend_with_fresh_credentials(call_doc, bot, deps, prepared, sent)
         return sent
@@ -131,12 +133,38 @@ def _prepare(
         # stays throttled still ends the delivery when the schedule does.
         failed = new_result(bot, "failed", now=now, error=str(exc), error_kind="secret", attempts=attempts_before + 1)
         return AttemptOutcome(failed, retryable=is_retryable(None, "secret", transient=exc.transient))
+    except AuthFailed as exc:
+        # No access token (contract §13): counted like a secret store's failure, retried on the ladder
+        # only when the token endpoint did not answer or asked us to wait.
+        failed = new_result(
+            bot, "failed", now=now, error=str(exc), error_kind=exc.error_kind, attempts=attempts_before + 1
+        )
+        return AttemptOutcome(failed, retryable=exc.error_kind == "auth" and exc.transient)
     except ConfigError as exc:
         return AttemptOutcome(new_result(bot, "failed", now=now, error=str(exc), error_kind="config", **counted))
     except Exception as exc:  # a bug must still leave a readable record on the call
         log.exception("push could not be prepared", extra={"call_id": call_doc.get("call_id")})
         error = f"internal error while rendering: {type(exc).__name__}"
         return AttemptOutcome(new_result(bot, "failed", now=now, error=error, error_kind="internal", **counted))
+
+
+def _resend_with_new_token(
+    call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, prepared: PreparedPush, first: SendOutcome
+) -> SendOutcome:
+    """The CRM refused the access token: drop it, fetch one new token, re-send once (contract §13).
+
+    Same attempt, same Idempotency-Key, fresh signature. A token that cannot
+    be had answers for the attempt; a second 401 is the CRM's final word.
+    """
+    try:
+        renewed = prepare_push(call_doc, bot, deps, rejected_token=prepared.access_token)
+    except AuthFailed as exc:
+        return replace(first, error=str(exc))
+    except Exception:  # the first answer stands: it is what the CRM said
+        log.warning("re-preparing after a refused token failed", extra={"call_id": call_doc.get("call_id")})
+        return first
+    log.info("CRM refused the access token: re-sending once with a new one", extra={"call_id": call_doc.get("call_id")})
+    return _second_send(deps, renewed, first)
 
 
 def _resend_with_fresh_credentials(
@@ -154,8 +182,15 @@ def _resend_with_fresh_credentials(
         "CRM refused a stored credential: re-sending once with the stores read again",
         extra={"call_id": call_doc.get("call_id"), "http_status": first.http_status},
     )
-    second = deps.crm.send(fresh.request, deps.deadline())
-    return replace(second, duration_ms=first.duration_ms + second.duration_ms)
+    return _second_send(deps, fresh, first)
+
+
+def _second_send(deps: PushDeps, renewed: PreparedPush, first: SendOutcome) -> SendOutcome:
+    """The re-send within one attempt; its echo is scrubbed of the new credentials now (the core knows the old)."""
+    second = deps.crm.send(renewed.request, deps.deadline())
+    body = scrub(second.response_body, renewed.secret_values)
+    error = scrub(second.error, renewed.secret_values) if second.error else None
+    return replace(second, response_body=body, error=error, duration_ms=first.duration_ms + second.duration_ms)
 
 
 def _outcome(bot: BotConfig, deps: PushDeps, prepared: PreparedPush, sent: SendOutcome, before: int) -> AttemptOutcome:

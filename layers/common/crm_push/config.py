@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -16,6 +16,13 @@ from crm_push.preset_config import PresetConfig, ResponseConfig, parse_preset, p
 from crm_push.push_url import parse_push_url
 from crm_push.signing import SIGNATURE_HEADERS, parse_signing_secret
 from crm_push.templates import CompiledKeyMapper, compile_key_mapper
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from crm_push.oauth.config import ClientCredentialsAuth, JwtBearerAuth, RefreshTokenAuth
+
+    OAuthConfig: TypeAlias = ClientCredentialsAuth | RefreshTokenAuth | JwtBearerAuth
 
 MAX_RETRY_SCHEDULE_ENTRIES = 10
 MAX_RETRY_SCHEDULE_TOTAL_SECONDS = 259_200
@@ -176,6 +183,9 @@ class PostCallPushConfig(BaseModel):
     preset: PresetConfig | None = None
     # How a 2xx is read (contract §14): ok only when the body's value at a path equals a JSON value.
     response: ResponseConfig | None = None
+    # OAuth 2.0 (contract §13): validated by crm_push.oauth.config, imported only when a bot has it, so a
+    # push without OAuth pays nothing for it at cold start. Read it through ``oauth``.
+    auth: Any = Field(default=None, repr=False)
     token: Credential | None = Field(default=None, repr=False)
     headers: dict[str, Credential] | None = Field(default=None, repr=False)
     # Standard Webhooks secrets (contract §11): every attempt is signed with each one (rotation).
@@ -282,6 +292,30 @@ class PostCallPushConfig(BaseModel):
                 raise ValueError(f"{where} must be text (whsec_<base64>) or a reference map")
         return tuple(secrets)
 
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from crm_push.oauth.config import parse_auth_config
+
+        return parse_auth_config(value)
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> PostCallPushConfig:
+        if self.auth is None:
+            return self
+        if self.token is not None:
+            raise ValueError("auth and token are both set: an OAuth destination's Authorization is its access token")
+        if any(name.lower() == "authorization" for name in self.headers or ()):
+            raise ValueError("auth and an Authorization header are both set: the access token is the Authorization")
+        return self
+
+    @property
+    def oauth(self) -> OAuthConfig | None:
+        """``auth`` as its validated model (None without OAuth)."""
+        return cast("OAuthConfig | None", self.auth)
+
     @field_validator("preset", mode="before")
     @classmethod
     def _preset(cls, value: Any) -> Any:
@@ -315,7 +349,13 @@ class PostCallPushConfig(BaseModel):
     def references(self) -> tuple[SecretRef, ...]:
         """Every credential kept in a store, in config order: what a push must resolve."""
         found: list[SecretRef] = []
-        candidates: list[Credential | None] = [self.token, *(self.headers or {}).values(), *(self.signing_secret or ())]
+        candidates: list[Credential | None] = [
+            self.url,
+            self.token,
+            *(self.headers or {}).values(),
+            *(self.signing_secret or ()),
+            *(self.oauth.references if self.oauth is not None else ()),
+        ]
         for credential in candidates:
             if isinstance(credential, SecretRef) and credential not in found:
                 found.append(credential)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crm_push.ports import ErrorKind
 
 
 class PushError(Exception):
@@ -73,3 +76,31 @@ class StorageError(PushError):
 
 class QueueError(PushError):
     """The retry queue refused a message; the trigger must be retried so nothing is lost."""
+
+
+class AuthFailed(PushError):
+    """No access token could be had for an auth config.
+
+    ``error_kind`` is ``auth`` for the token endpoint's own failures
+    (``transient`` when it did not answer, or answered 408, 429 or 5xx), and
+    ``config`` / ``destination_refused`` when the token url itself is not
+    usable (final). ``error_code`` is the endpoint's ``error`` (``invalid_grant``
+    ...) when it gave one. The message names the endpoint's origin, the HTTP
+    status and that code, never a credential and never the endpoint's
+    ``error_description`` (servers echo what they were sent).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        error_code: str | None = None,
+        http_status: int | None = None,
+        error_kind: ErrorKind = "auth",
+    ) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.error_code = error_code
+        self.http_status = http_status
+        self.error_kind: ErrorKind = error_kind

@@ -377,6 +377,32 @@ class SecretResolver(Protocol):
         ...
 
 
+class AccessGrant(Protocol):
+    """An OAuth access token as a push uses it (contract §13). ``access_token`` is a credential."""
+
+    access_token: str
+    token_type: str
+
+    def template_values(self) -> dict[str, str]:
+        """``instance_url`` / ``api_domain`` from the token answer, for a url's ``{{auth.*}}`` origin."""
+        ...
+
+
+class AccessTokens(Protocol):
+    def token(
+        self,
+        auth: Any,
+        scope: str,
+        *,
+        secrets: SecretResolver | None,
+        rejected: str | None = None,
+        deadline: float | None = None,
+        bot_id: str | None = None,
+    ) -> AccessGrant:
+        """One usable token for ``auth`` in ``scope``, shared by every environment. Raises AuthFailed."""
+        ...
+
+
 ATTEMPT_SECONDS = 10.0
 """One attempt's time budget (contract §8): the sender's total timeout and the core's deadline gate."""
 
@@ -400,6 +426,7 @@ class PushDeps:
     gate: DestinationGate = field(default_factory=UnguardedGate)
     parking: ParkingLot = field(default_factory=NoParking)
     secrets: SecretResolver | None = None
+    tokens: AccessTokens | None = None
     secrets_name_prefix: str = ""
     parameters_path_prefix: str = ""
     """Where a bot's references may point (contract §12): ``<prefix><scope>/...``."""

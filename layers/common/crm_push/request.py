@@ -16,7 +16,15 @@ from typing import Any
 from crm_push.config import BotConfig, PostCallPushConfig, SecretRef, check_header
 from crm_push.errors import ConfigError, PayloadTooLarge
 from crm_push.jsonvalues import to_json, to_text
-from crm_push.ports import MAX_PAYLOAD_BYTES, USER_AGENT, GateKey, PushDeps, PushRequest, SecretResolver
+from crm_push.ports import (
+    MAX_PAYLOAD_BYTES,
+    USER_AGENT,
+    AccessGrant,
+    GateKey,
+    PushDeps,
+    PushRequest,
+    SecretResolver,
+)
 from crm_push.presets import build_preset_request
 from crm_push.push_url import PushUrl, parse_push_url
 from crm_push.recording import RecordingLinkMode, select_recording_url
@@ -55,6 +63,7 @@ class Destination:
     method: str
     body: Any
     extra_headers: Mapping[str, str]
+    auth_scheme: str | None = None  # a preset's own scheme for the access token (Zoho: Zoho-oauthtoken)
 
 
 def destination_for(
@@ -74,7 +83,7 @@ def destination_for(
     if config.preset is not None:
         preset = build_preset_request(config.preset, call_id, payload)
         url = compile_url_template(preset.url_template).render({}, auth_values)
-        return Destination(parse_push_url(url), preset.method, preset.body, preset.extra_headers)
+        return Destination(parse_push_url(url), preset.method, preset.body, preset.extra_headers, preset.auth_scheme)
     if config.url is None:
         raise ConfigError("post_call_push has no url")
     if isinstance(config.url, SecretRef):
@@ -204,16 +213,26 @@ class PreparedPush:
     recording_link: RecordingLinkMode
     destination: Destination
     secret_values: frozenset[str] = field(default=frozenset(), repr=False)
-    """Every credential of this push (resolved ones, url ones, rendered header values): scrubbed from echoes."""
+    """Every credential of this push (resolved ones, url ones, rendered header values, the token): scrubbed."""
     uses_references: bool = False
     """Some credential came from a store: a 401/403 is worth one fresh read (a rotation) before giving up."""
+    access_token: str | None = field(default=None, repr=False)
+    """The OAuth access token sent: a 401 drops it and fetches one new token (contract §13)."""
 
 
-def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, *, fresh: bool = False) -> PreparedPush:
-    """Credentials, recording URL, variables, render, request: everything short of sending.
+def prepare_push(
+    call_doc: Mapping[str, Any],
+    bot: BotConfig,
+    deps: PushDeps,
+    *,
+    fresh: bool = False,
+    rejected_token: str | None = None,
+) -> PreparedPush:
+    """Credentials, token, recording URL, variables, render, request: everything short of sending.
 
-    ``fresh`` reads every reference from its store again, past the cache.
-    Raises ConfigError, or SecretUnavailable when a referenced credential cannot be had.
+    ``fresh`` reads every reference from its store again, past the cache;
+    ``rejected_token`` is a token the CRM just refused (a new one is fetched).
+    Raises ConfigError, SecretUnavailable, or AuthFailed when no access token can be had.
     """
     config = bot.push
     if config is None or not config.has_destination:
@@ -228,8 +247,15 @@ def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, *,
     )
     payload = config.compiled_key_mapper.render(variables, drop_unresolved=True)
     call_id = str(call_doc.get("call_id", ""))
-    destination = destination_for(config, resolver, call_id=call_id, payload=payload, variables=variables, fresh=fresh)
+    grant = access_grant(bot, deps, resolver, rejected_token)
+    auth_values = grant.template_values() if grant is not None else None
+    destination = destination_for(
+        config, resolver, call_id=call_id, payload=payload, variables=variables, auth_values=auth_values, fresh=fresh
+    )
     headers, rendered_headers = build_headers(config, credentials, variables, call_id, destination)
+    if grant is not None:
+        scheme = destination.auth_scheme or ("Bearer" if grant.token_type.lower() == "bearer" else grant.token_type)
+        headers["Authorization"] = f"{scheme} {grant.access_token}"
     url, body = encode_body(destination)
     if credentials.signing_secrets:
         signed_at = int(deps.clock().timestamp())
@@ -238,8 +264,30 @@ def prepare_push(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, *,
     method: Any = destination.method
     request = PushRequest(call_id, method, url, headers, body, destination.target.recorded)
     known = secret_values(credentials) | destination.target.credential_values() | rendered_headers
+    token = grant.access_token if grant is not None else None
+    if token:
+        known |= {token}
     uses_references = bool(config.references) or isinstance(config.url, SecretRef)
-    return PreparedPush(request, payload, variables, link_mode, destination, known, uses_references)
+    return PreparedPush(request, payload, variables, link_mode, destination, known, uses_references, token)
+
+
+def access_grant(
+    bot: BotConfig, deps: PushDeps, resolver: SecretResolver, rejected_token: str | None
+) -> AccessGrant | None:
+    """The bot's OAuth access token (contract §13), None without ``auth``. Raises AuthFailed or SecretUnavailable."""
+    config = bot.push
+    if config is None or config.oauth is None:
+        return None
+    if deps.tokens is None:
+        raise ConfigError("the bot's config has auth, and this deployment has no OAuth token source")
+    return deps.tokens.token(
+        config.oauth,
+        bot.scope,
+        secrets=resolver,
+        rejected=rejected_token,
+        deadline=deps.deadline(),
+        bot_id=bot.bot_id,
+    )
 
 
 def seconds_since_start(call_doc: Mapping[str, Any], now: datetime) -> Decimal:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import boto3
 from botocore.config import Config
@@ -12,13 +14,16 @@ from crm_push import logsafety
 from crm_push.adapters.crm_http import CrmHttpSender
 from crm_push.adapters.destination_gate import state_table_gate
 from crm_push.adapters.dynamodb import BotsTable, CallsTable
+from crm_push.adapters.parking import ParkingTable
 from crm_push.adapters.recordings import make_presigner
 from crm_push.adapters.retry_queue import SqsRetryQueue
 from crm_push.adapters.state import DeliveryStateTable
 from crm_push.config import Settings
 from crm_push.errors import ConfigError
-from crm_push.ports import PushDeps
+from crm_push.ports import AccessGrant, AccessTokens, PushDeps
 from crm_push.secrets import StoreSecretResolver
+
+log = logging.getLogger(__name__)
 
 # Standard retry mode backs off on throttling; the short timeouts keep one slow DynamoDB or SQS
 # request from eating the Lambda's budget after a CRM has answered (audit #12).
@@ -63,13 +68,22 @@ def build_deps(
     dynamodb = dynamodb_client or session.client(
         "dynamodb", config=_AWS_CONFIG.merge(Config(max_pool_connections=settings.push_concurrency + 4))
     )
-    presign = make_presigner(settings.recordings_endpoint_url, settings.recording_url_ttl_seconds, session=session)
+    # Clients are made on the first reference; most bots have none.
+    secrets = StoreSecretResolver()
+    presign = make_presigner(
+        settings.recordings_endpoint_url,
+        settings.recording_url_ttl_seconds,
+        session=session,
+        signer_secret=settings.recordings_signer_secret,
+        secrets=secrets,
+    )
+    crm = CrmHttpSender(
+        pool_size=settings.push_concurrency, allow_private_networks=settings.push_allow_private_networks
+    )
     return PushDeps(
         calls=CallsTable(dynamodb, settings.calls_table),
         bots=BotsTable(dynamodb, settings.bots_table, settings.bot_config_ttl_seconds),
-        crm=CrmHttpSender(
-            pool_size=settings.push_concurrency, allow_private_networks=settings.push_allow_private_networks
-        ),
+        crm=crm,
         state=DeliveryStateTable(dynamodb, settings.push_state_table),
         retry_queue=SqsRetryQueue(
             settings.retry_queue_url,
@@ -83,10 +97,46 @@ def build_deps(
         public_base_url=settings.public_base_url,
         recordings_bucket=settings.recordings_bucket,
         claim_lease_seconds=settings.claim_lease_seconds,
-        # Clients are made on the first reference; most bots have none.
-        secrets=StoreSecretResolver(),
+        secrets=secrets,
+        tokens=OnFirstUseTokens(lambda: _token_source(settings, session, dynamodb, crm)),
         secrets_name_prefix=settings.secrets_name_prefix,
         parameters_path_prefix=settings.parameters_path_prefix,
         # Circuit breaker and rate limit per destination (contract §10), in the delivery-state table.
         gate=state_table_gate(dynamodb, settings.push_state_table, count_metric=count_metric),
+        parking=ParkingTable(dynamodb, settings.push_state_table),
     )
+
+
+class OnFirstUseTokens:
+    """The OAuth token source, built by the first push that needs one: a bot without ``auth`` loads nothing of it."""
+
+    def __init__(self, build: Callable[[], AccessTokens]) -> None:
+        self._build = build
+        self._source: AccessTokens | None = None
+        self._lock = threading.Lock()
+
+    def token(self, auth: Any, scope: str, **kwargs: Any) -> AccessGrant:
+        if self._source is None:
+            with self._lock:
+                if self._source is None:
+                    self._source = self._build()
+        return self._source.token(auth, scope, **kwargs)
+
+
+def _token_source(settings: Settings, session: Any, dynamodb: Any, crm: CrmHttpSender) -> AccessTokens:
+    """One token per auth config for every environment (contract §13): cached encrypted in the state table."""
+    from crm_push.oauth.cache import SharedTokenCache
+    from crm_push.oauth.provider import TokenSource
+    from crm_push.oauth.rotation import AwsRefreshTokenStore
+
+    cache = None
+    if settings.push_state_table and settings.push_kms_key_id:
+        kms = session.client("kms", config=_AWS_CONFIG)
+        cache = SharedTokenCache(dynamodb, settings.push_state_table, kms, settings.push_kms_key_id)
+    else:
+        log.warning("no PUSH_KMS_KEY_ID: OAuth tokens are cached per environment only, never shared or stored")
+    refresh_tokens = AwsRefreshTokenStore(dynamodb=dynamodb, bots_table=settings.bots_table, session=session)
+    source = TokenSource(
+        crm, cache=cache, refresh_tokens=refresh_tokens, allow_private_networks=settings.push_allow_private_networks
+    )
+    return cast(AccessTokens, source)  # it takes the auth models the config holds (typed Any at the port)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from crm_push.errors import PushError
-from crm_push.ports import ErrorKind
+from crm_push.errors import AuthFailed
 
 DEFAULT_LIFETIME_SECONDS = 3600  # contract §13: an answer without expires_in lives an hour
 RENEW_BEFORE_SECONDS = 60.0
@@ -75,29 +74,6 @@ def token_fingerprint(access_token: str) -> str:
     return hashlib.sha256(access_token.encode("utf-8")).hexdigest()[:32]
 
 
-class AuthFailed(PushError):
-    """No access token could be had for an auth config.
-
-    ``error_kind`` is ``auth`` for the token endpoint's own failures
-    (``transient`` when it did not answer, or answered 408, 429 or 5xx), and
-    ``config`` / ``destination_refused`` when the token url itself is not
-    usable (final). ``error_code`` is the endpoint's ``error`` (``invalid_grant``
-    ...) when it gave one. The message names the endpoint's origin, the HTTP
-    status and that code, never a credential and never the endpoint's
-    ``error_description`` (servers echo what they were sent).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        transient: bool,
-        error_code: str | None = None,
-        http_status: int | None = None,
-        error_kind: ErrorKind = "auth",
-    ) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.error_code = error_code
-        self.http_status = http_status
-        self.error_kind: ErrorKind = error_kind
+__all__ = ["DEFAULT_LIFETIME_SECONDS", "AccessToken", "AuthFailed", "token_fingerprint"]
+# AuthFailed is defined with the push's other errors (crm_push.errors), so the attempt catches it
+# without importing this package; it is re-exported here for the token source.
