@@ -13,7 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-SECTIONS = ("bench.engine", "bench.batch", "bench.cold_import", "bench.dynamodb_local", "bench.hanging_crm")
+SECTIONS = (
+    "bench.engine",
+    "bench.batch",
+    "bench.cold_import",
+    "bench.dynamodb_local",
+    "bench.hanging_crm",
+    "bench.outage",
+)
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

@@ -15,6 +15,7 @@ so it proves the credentials work now.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -67,6 +68,38 @@ def describe_auth(raw: Any) -> dict[str, Any]:
     if isinstance(auth, JwtBearerAuth):
         view.update(subject=auth.subject, audience=auth.audience, key_id=auth.key_id)
     return view
+
+
+def auth_in_words(auth: Any) -> str:
+    """One line naming an auth config for ``status`` and ``preview``: grant, token endpoint, client id; no secret."""
+    client_id = auth.client_id
+    client = client_id.describe() if isinstance(client_id, SecretRef) else client_id
+    return f"grant {auth.type}, token endpoint {auth.origin}, client_id {client}"
+
+
+# What a token endpoint's final refusal (RFC 6749 §5.2, and ours) asks of an operator.
+_REFUSALS = {
+    "invalid_grant": "the refresh token or assertion was refused: revoked, expired, issued to another client, "
+    "or (JWT bearer) the user is not pre-authorised for the app or the certificate changed",
+    "invalid_client": "the client id or secret is wrong, or the app was deleted or its secret rotated",
+    "unauthorized_client": "the app may not use this grant (enable it in the app's settings)",
+    "invalid_scope": "the scope asked for is not granted to the app",
+    "unsupported_grant_type": "the endpoint does not offer this grant",
+    "refresh_token_not_kept": "the endpoint rotated the refresh token and the new one could not be stored",
+}
+_ANSWERED = re.compile(r"answered (\d{3})(?: ([\x21\x23-\x5b\x5d-\x7e]{1,64}))?")
+
+
+def refusal_in_words(error: str) -> tuple[str | None, str]:
+    """The token endpoint's ``error`` code out of a result's error text, and what it usually means."""
+    if "refresh_token_not_kept" in error or "could not be written to" in error:
+        return "refresh_token_not_kept", _REFUSALS["refresh_token_not_kept"]
+    found = _ANSWERED.search(error)
+    code = found.group(2) if found else None
+    if code is None:
+        status = found.group(1) if found else None
+        return None, f"the endpoint answered HTTP {status} without an error code" if status else "no token was granted"
+    return code, _REFUSALS.get(code, "see the identity provider's documentation for this code")
 
 
 def cmd_auth(args: argparse.Namespace, ctx: Context, console: Console, clock: Any = None) -> int:

@@ -18,8 +18,9 @@ from zoneinfo import ZoneInfo
 
 from rich.console import Console
 
-from crm_push.config import BotConfig, SecretRef, load_bot_config
+from crm_push.config import BotConfig, SecretRef, check_push_url, load_bot_config
 from crm_push.errors import ConfigError
+from crm_push.presets import preset_findings
 from crm_push.secrets import (
     ReferencePrefixes,
     SecretProblem,
@@ -229,6 +230,7 @@ def lint_bot(
     bot = load_bot_config(item, bot_id)
     report.findings.extend(plaintext_credential_findings(raw, bot_id))
     report.findings.extend(reference_findings(bot, secret_resolver, reference_prefixes))
+    report.findings.extend(auth_findings(raw, bot, secret_resolver, reference_prefixes))
     key_mapper = raw.get("key_mapper")
     raw_headers = raw.get("headers")
     headers: Mapping[str, Any] = raw_headers if isinstance(raw_headers, Mapping) else {}
@@ -267,7 +269,33 @@ def lint_bot(
     if schema is not None and isinstance(key_mapper, Mapping):
         report.schema_checked = True
         report.findings.extend(schema_findings(schema, key_mapper, static, samples))
+    report.findings.extend(preset_lint(bot, raw, schema))
     return report
+
+
+# --- presets (contract §14) ------------------------------------------------------------------
+
+# Findings that do not stop a push today: a version that retires later, a key_mapper value the preset overwrites.
+_ADVISORY_PRESET_FINDINGS = ("retires in", "which the preset overwrites", "is not a custom field")
+
+
+def preset_lint(bot: BotConfig, raw: Mapping[str, Any], schema: Mapping[str, Any] | None) -> Iterator[Finding]:
+    """A preset config checked against its CRM: object and key field names (against ``--schema``), the auth
+    it takes, fields the CRM refuses in the body. A missing or misspelt preset key is already a config error."""
+    config = bot.push
+    if config is None or config.preset is None:
+        return
+    key_mapper = raw.get("key_mapper")
+    mapped = [str(key) for key in key_mapper] if isinstance(key_mapper, Mapping) else None
+    authorization = any(name.lower() == "authorization" for name in config.headers or ())
+    if config.oauth is not None:
+        auth_type: str = config.oauth.type
+    else:
+        auth_type = "token" if config.token or authorization else "none"
+    scope = getattr(config.oauth, "scope", None)
+    for problem in preset_findings(config.preset, schema, mapped_keys=mapped, auth_type=auth_type, auth_scope=scope):
+        severity: Severity = "warning" if any(m in problem for m in _ADVISORY_PRESET_FINDINGS) else "error"
+        yield Finding(severity, "post_call_push.preset", problem)
 
 
 def _config_findings(item: Mapping[str, Any], bot_id: str) -> Iterator[Finding]:
@@ -290,7 +318,7 @@ def _config_findings(item: Mapping[str, Any], bot_id: str) -> Iterator[Finding]:
         )
     if not isinstance(raw, Mapping):
         return
-    if not raw.get("url"):
+    if not raw.get("url") and not raw.get("preset"):
         yield Finding("warning", "post_call_push.url", "no url: every push is recorded as skipped, nothing is sent")
     elif isinstance(raw.get("url"), str) and raw["url"].strip().lower().startswith("http://"):
         yield Finding(
@@ -437,6 +465,141 @@ def reference_findings(
                 str(exc),
                 f"{hint}; until then pushes fail with error_kind secret",
             )
+
+
+# --- OAuth 2.0 (contract §13) ----------------------------------------------------------------
+
+_AUTH_ORIGIN = re.compile(r"^\{\{\s*auth\.(\w+)\s*\}\}")
+
+
+def auth_findings(
+    raw: Mapping[str, Any],
+    bot: BotConfig,
+    secret_resolver: Callable[[], SecretResolver] | None,
+    prefixes: ReferencePrefixes | None = None,
+) -> Iterator[Finding]:
+    """The auth config as the token source will use it, and the url reference; shape errors are config errors.
+
+    Each credential reference of ``auth`` (and a ``url`` kept in a store) is
+    checked as a push checks it: in the bot's scope, then resolved; a
+    ``private_key`` must be a PEM private key. Plaintext secrets are warnings
+    (``secrets migrate`` moves them), as is a token url in plain http.
+    """
+    config = bot.push
+    url = raw.get("url")
+    auth = config.oauth if config is not None else None
+    if isinstance(url, str) and (origin := _AUTH_ORIGIN.match(url.strip())) and auth is None and "auth" not in raw:
+        yield Finding(
+            "error",
+            "post_call_push.url",
+            f"url begins with {{{{auth.{origin.group(1)}}}}} but the bot has no auth: it never renders",
+            "add post_call_push.auth, or write the CRM's https origin",
+        )
+    if config is None:
+        return
+    slots: list[tuple[str, SecretRef]] = []
+    if isinstance(config.url, SecretRef):
+        slots.append(("url", config.url))
+    if auth is not None:
+        yield from _auth_shape_findings(auth, bot.bot_id)
+        for name in ("client_id", "client_secret", "refresh_token", "private_key"):
+            value = getattr(auth, name, None)
+            if isinstance(value, SecretRef):
+                slots.append((f"auth.{name}", value))
+    if prefixes is not None:
+        in_scope = []
+        for where, ref in slots:
+            try:
+                prefixes.check(ref, bot.scope)
+            except SecretUnavailable as exc:
+                yield Finding("error", f"post_call_push.{where}", str(exc), _scope_hint(bot, prefixes))
+            else:
+                in_scope.append((where, ref))
+        slots = in_scope
+    if not slots:
+        return
+    if secret_resolver is None:
+        yield Finding(
+            "warning",
+            "post_call_push.auth",
+            f"{len(slots)} auth or url reference(s) not checked",
+            "run without --skip-secrets, with credentials that can read them",
+        )
+        return
+    resolver = secret_resolver()
+    for where, ref in slots:
+        try:
+            value = resolver.resolve(ref)
+        except SecretUnavailable as exc:
+            hint = _REFERENCE_HINTS["unavailable" if exc.transient else exc.problem]
+            kind = "auth" if where.startswith("auth.") else "secret"
+            yield Finding("error", f"post_call_push.{where}", str(exc), f"{hint}; until then pushes fail ({kind})")
+            continue
+        problem = _unusable_credential(where, value)
+        if problem:
+            yield Finding(
+                "error",
+                f"post_call_push.{where}",
+                f"the value of {ref.describe()} {problem}",
+                _REFERENCE_HINTS["unusable"],
+            )
+
+
+def _auth_shape_findings(auth: Any, bot_id: str) -> Iterator[Finding]:
+    if auth.token_url.lower().startswith("http://"):
+        yield Finding(
+            "warning",
+            "post_call_push.auth.token_url",
+            "plain http: credentials and tokens travel unencrypted; the function refuses it unless private "
+            "networks are allowed (PUSH_ALLOW_PRIVATE_NETWORKS, local stacks only)",
+            "use the identity provider's https token endpoint",
+        )
+    exposure = "stored in plain text in the bot config: anyone who can read bot configs can read it"
+    for name in auth.plaintext_credentials:
+        yield Finding(
+            "warning",
+            f"post_call_push.auth.{name}",
+            f"{name} is {exposure}",
+            f"post-call-push secrets migrate --bot-id {bot_id}",
+        )
+    key = getattr(auth, "private_key", None)
+    if isinstance(key, str):
+        problem = _unusable_credential("auth.private_key", key)
+        if problem:
+            yield Finding("error", "post_call_push.auth.private_key", f"private_key {problem}")
+
+
+def _unusable_credential(where: str, value: str) -> str:
+    """Why a resolved credential cannot be used where it goes ('' when it can); never quotes it."""
+    if not value.strip():
+        return "is empty"
+    if where == "auth.private_key":
+        return _private_key_problem(value)
+    if where == "url":
+        try:
+            check_push_url(value)
+        except ConfigError as exc:
+            return f"is not a usable url: {exc}"
+        return ""
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        return "has a control character (a stored trailing newline?)"
+    return ""
+
+
+def _private_key_problem(pem: str) -> str:
+    """RS256 needs an RSA private key in PEM; loaded here (cryptography) only when a bot uses the JWT grant."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem.encode("utf-8"), password=None)
+    except (ValueError, TypeError):
+        return "is not an unencrypted PEM private key"
+    except Exception as exc:  # cryptography raises its own types for unsupported keys; none may quote the key
+        return f"cannot be loaded ({type(exc).__name__})"
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return "is not an RSA key: the JWT bearer grant signs with RS256"
+    return ""
 
 
 def _scope_hint(bot: BotConfig, prefixes: ReferencePrefixes) -> str:

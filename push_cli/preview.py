@@ -22,13 +22,16 @@ from rich.console import Console
 from crm_push.config import BotConfig, SecretRef
 from crm_push.errors import ConfigError
 from crm_push.jsonvalues import to_json, to_text
-from crm_push.push import PushDeps, prepare_push
+from crm_push.ports import PushDeps, SecretResolver
+from crm_push.preset_config import AnyPreset, HubspotPreset, SalesforcePreset, ZohoPreset
+from crm_push.presets import PRESETS
 from crm_push.recording import (
     DescribedPresigner,
     parse_recording_location,
     presigned_link_lifetime,
     public_recording_link,
 )
+from crm_push.request import prepare_push
 from crm_push.secrets import SecretUnavailable
 from crm_push.signing import SIGNATURE_HEADERS
 from crm_push.templates import Placeholder, Resolution, compile_template, explain_placeholder
@@ -97,10 +100,24 @@ class Preview:
     body_bytes: int = 0
     query: list[tuple[str, str]] = field(default_factory=list)  # GET: the parameters added to the URL
     recording: RecordingCheck | None = None
+    preset: PresetLines | None = None
+    # OAuth (contract §13): the grant, token endpoint and client id; no token is fetched or shown.
+    auth: str = ""
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class PresetLines:
+    """What a preset makes of the push (contract §14): where it goes, the envelope, what each answer becomes."""
+
+    name: str
+    url_pattern: str
+    keyed_on: str  # where the call id goes: the record is created once and updated by every later push
+    envelope: str
+    answers: list[str]
 
 
 # --- explaining -------------------------------------------------------------------------
@@ -133,11 +150,14 @@ def build_preview(
     if config is None:
         preview.reason = bot.push_error or "invalid post_call_push config"
         return preview
-    if not config.url:
+    if not config.has_destination:
         preview.reason = "post_call_push has no url: the push would be recorded as skipped"
         return preview
 
     redactor = Redactor(_secrets_of(call_doc, bot))
+    if config.oauth is not None:
+        # No token is fetched: a stand-in grant marks where the token and its answer's origin go.
+        deps = dataclasses.replace(deps, tokens=_PreviewTokens())
     try:
         # References are not read here: the preview shows where each value comes from, never the value.
         prepared = prepare_push(call_doc, _references_as_markers(bot), deps)
@@ -149,6 +169,17 @@ def build_preview(
     preview.would_send = True
     preview.method = request.method
     preview.url = request.recorded_url
+    if config.preset is not None:
+        # A preset's url is its CRM's origin, API names and the call id: nothing in it is a credential.
+        preview.url = _with_auth_origin(request.url)
+        preview.preset = preset_lines(config.preset)
+    if config.oauth is not None:
+        from push_cli.auth import auth_in_words
+
+        preview.auth = f"{auth_in_words(config.oauth)}; the token is fetched at push time, never shown"
+        preview.url = _with_auth_origin(preview.url)
+        if preview.url.startswith("{{auth."):
+            preview.auth += "; the url's origin comes from the token answer"
     preview.headers = _header_lines(request.headers, bot, prepared.variables, request.method)
     preview.fields = list(
         _explain_fields(config.key_mapper, prepared.payload, prepared.variables, call_doc, bot, redactor, width)
@@ -166,6 +197,93 @@ def build_preview(
     )
     preview.warnings.extend(_warnings(preview, config.key_mapper))
     return preview
+
+
+# --- presets -----------------------------------------------------------------------------------
+
+# Stand-in origins for a token answer's instance_url / api_domain (RFC 2606 .invalid: never resolvable).
+_AUTH_ORIGINS = {
+    "instance_url": "https://instance-url.token-answer.invalid",
+    "api_domain": "https://api-domain.token-answer.invalid",
+}
+_TOKEN_MARKER = "(OAuth access token, fetched at push time)"  # noqa: S105 - a label, not a credential
+
+# What each preset's answers become (contract §14); the classifier is crm_push.presets.classify_answer.
+PRESET_ANSWERS: dict[str, list[str]] = {
+    "salesforce": [
+        "200/201/204: ok (201 created the record, 200/204 updated it)",
+        "300 (several records have this external id), 400 and other 4xx: rejected, final",
+        "403 REQUEST_LIMIT_EXCEEDED: quota - the destination's calls wait 1 h (or the Retry-After), no attempt spent",
+        "408, 429, 5xx, no answer: retried on the ladder",
+    ],
+    "hubspot": [
+        "2xx without errors: ok (results[0].new says created or updated)",
+        "2xx with errors (e.g. 207, an unknown property): rejected crm_rejected, final",
+        "429 policyName DAILY: quota until the next 00:00 UTC, no attempt spent",
+        "429 TEN_SECONDLY_ROLLING, 408, 5xx, no answer: retried on the ladder; other 4xx: rejected, final",
+    ],
+    "zoho": [
+        'data[0].status "success": ok (action insert or update)',
+        'data[0].status "error" (in a 200): rejected crm_rejected, final, data[0].code in error',
+        "429/503 with Retry-After over 15 min: quota; 408, 429, 5xx, no answer: retried; other 4xx: final",
+    ],
+    "dynamics": [
+        "204: ok (created or updated by the alternate key)",
+        "429 with Retry-After: retried after it (over 15 min: quota); 408, 5xx, no answer: retried",
+        "other 4xx: rejected, final",
+    ],
+}
+
+
+def preset_lines(preset: AnyPreset) -> PresetLines:
+    """The preset's part of the preview: its url pattern, where the call id goes, the body's envelope, the answers."""
+    spec = PRESETS[preset.name]
+    if isinstance(preset, SalesforcePreset):
+        keyed = f"the url: {preset.object}'s External ID field {preset.external_id_field} = the call id"
+        envelope = "the key_mapper's fields as they are (the external id field must not be among them)"
+    elif isinstance(preset, HubspotPreset):
+        keyed = f"inputs[0].id with idProperty {preset.id_property!r} (a unique property) = the call id"
+        envelope = '{"inputs": [{"idProperty": ..., "id": <call id>, "properties": <the key_mapper\'s fields>}]}'
+    elif isinstance(preset, ZohoPreset):
+        first = preset.duplicate_check_fields[0]
+        keyed = f"data[0].{first}, the first of duplicate_check_fields, set to the call id"
+        envelope = '{"data": [<the key_mapper\'s fields + the call id>], "duplicate_check_fields": [...]}'
+    else:
+        keyed = f"the url: alternate key {preset.alternate_key} = the call id"
+        envelope = "the key_mapper's fields as they are, with OData-Version: 4.0"
+    return PresetLines(preset.name, f"{spec.method} {spec.url_pattern}", keyed, envelope, PRESET_ANSWERS[preset.name])
+
+
+class _PreviewGrant:
+    def __init__(self) -> None:
+        self.access_token = _TOKEN_MARKER
+        self.token_type = "Bearer"  # noqa: S105 - the scheme's name
+
+    def template_values(self) -> dict[str, str]:
+        return dict(_AUTH_ORIGINS)
+
+
+class _PreviewTokens:
+    """Stands in for the token source: nothing is fetched, the token and its answer's origin are shown as markers."""
+
+    def token(
+        self,
+        auth: Any,
+        scope: str,
+        *,
+        secrets: SecretResolver | None,
+        rejected: str | None = None,
+        deadline: float | None = None,
+        bot_id: str | None = None,
+    ) -> _PreviewGrant:
+        return _PreviewGrant()
+
+
+def _with_auth_origin(url: str) -> str:
+    for name, origin in _AUTH_ORIGINS.items():
+        if url.startswith(origin):
+            return "{{auth." + name + "}}" + url[len(origin) :]
+    return url
 
 
 def _secrets_of(call_doc: Mapping[str, Any], bot: BotConfig) -> list[str]:
@@ -326,6 +444,10 @@ def _header_lines(
                 if explain_placeholder(p, variables)[0] is Resolution.UNRESOLVED
             ]
             lines.append(HeaderLine(name, mask_secret(value) if value else '""', "headers in config", notes))
+        elif name == "Authorization" and config is not None and config.oauth is not None:
+            scheme = value.split(" ", 1)[0]
+            source = f"auth: {config.oauth.type} at {config.oauth.origin}"
+            lines.append(HeaderLine(name, f"{scheme} {_TOKEN_MARKER}", source))
         elif name == "Authorization" and config is not None and isinstance(config.token, SecretRef):
             lines.append(HeaderLine(name, _marker(config.token), "token: secret reference in config"))
         elif name == "Authorization" and config is not None and config.token:
@@ -489,6 +611,10 @@ def render_preview(console: Console, preview: Preview, *, as_json: bool) -> None
             console.print(f"  ! {warning}")
         return
     console.print(f"\n{preview.method} {preview.url}")
+    if preview.auth:
+        console.print(f"OAuth 2.0: {preview.auth}")
+    if preview.preset is not None:
+        _render_preset(console, preview.preset)
     headers = table("Headers", "header", "value", "source", "note")
     for line in preview.headers:
         row(headers, line.name, line.value, line.source, "; ".join(line.notes))
@@ -558,3 +684,13 @@ def render_preview(console: Console, preview: Preview, *, as_json: bool) -> None
         console.print("\nWarnings")
         for warning in preview.warnings:
             console.print(f"  ! {warning}")
+
+
+def _render_preset(console: Console, preset: PresetLines) -> None:
+    lines = table(f"Preset {preset.name}", "what", "value", wrap=("value",))
+    row(lines, "request", preset.url_pattern)
+    row(lines, "keyed on", preset.keyed_on)
+    row(lines, "body", preset.envelope)
+    for index, answer in enumerate(preset.answers):
+        row(lines, "answers" if index == 0 else "", answer)
+    console.print(lines)

@@ -33,6 +33,7 @@ STRING_NOT_OBJECT = Check(4, "Field sent as a string instead of an object")
 RECORDING_LINK = Check(5, "Recording link broken")
 CRM_DOWN = Check(6, "A CRM is down")  # attempts scheduled on the retry ladder, or the ladder exhausted
 SIGNATURE_INVALID = Check(7, "The CRM says the signature is invalid")
+CREDENTIALS_REVOKED = Check(8, "The CRM's credentials were revoked")  # an OAuth token endpoint refused for good
 
 CHECKS = (
     PUSH_NOT_SENT,
@@ -42,6 +43,7 @@ CHECKS = (
     RECORDING_LINK,
     CRM_DOWN,
     SIGNATURE_INVALID,
+    CREDENTIALS_REVOKED,
 )
 
 

@@ -3,7 +3,8 @@
     post-call-push secrets migrate --bot-id BOT [--secret-name NAME] [--kms-key-id KEY] [--dry-run]
         [--secrets-name-prefix P] [--parameters-path-prefix P]
 
-The token, every header value that is not a template and every signing secret
+The token, every header value that is not a template, every signing secret and
+the OAuth ``auth`` map's ``client_secret``, ``refresh_token`` and ``private_key``
 go into ONE secret (a JSON object) named ``<SECRETS_NAME_PREFIX><scope>/<bot_id>/credentials``
 by default, where scope is the bot's tenant_id, else its bot_id (contract §12):
 the function resolves a bot's references only under its scope, so a name
@@ -175,7 +176,23 @@ def plan_moves(push: Mapping[str, Any]) -> tuple[list[Move], list[str]]:
         if isinstance(entry, str) and entry:
             where = f"signing_secret[{index}]" if isinstance(signing, (list, tuple)) else "signing_secret"
             moves.append(Move(where, where, entry))
+    moves.extend(_auth_moves(push.get("auth")))
     return moves, left
+
+
+# The OAuth credentials that are secrets (contract §13); client_id names the app and stays in the config.
+_AUTH_SECRETS = ("client_secret", "refresh_token", "private_key")
+
+
+def _auth_moves(auth: Any) -> list[Move]:
+    """``auth``'s plaintext secrets. A moved refresh token is rotated in the secret from then on (its key)."""
+    if not isinstance(auth, Mapping):
+        return []
+    return [
+        Move(f"auth.{name}", f"auth.{name}", value)
+        for name in _AUTH_SECRETS
+        if isinstance(value := auth.get(name), str) and value
+    ]
 
 
 def rewritten(push_attribute: Mapping[str, Any], moves: Sequence[Move], secret_name: str) -> dict[str, Any]:
@@ -191,6 +208,8 @@ def rewritten(push_attribute: Mapping[str, Any], moves: Sequence[Move], secret_n
             fields["token"] = reference(move.key)
         elif move.where.startswith("headers."):
             fields["headers"]["M"][move.where.removeprefix("headers.")] = reference(move.key)
+        elif move.where.startswith("auth."):
+            fields["auth"]["M"][move.where.removeprefix("auth.")] = reference(move.key)
         elif move.where == "signing_secret":
             fields["signing_secret"] = reference(move.key)
         else:  # signing_secret[i]: a list entry

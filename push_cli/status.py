@@ -26,9 +26,11 @@ from crm_push.clock import iso_utc
 from crm_push.config import BotConfig
 from crm_push.error_kinds import NO_ANSWER_KINDS
 from crm_push.retry_policy import schedule_for
+from push_cli.auth import auth_in_words, refusal_in_words
 from push_cli.delivery_item import LATE_AFTER_SECONDS, decided_not_written, unwritten_answers
 from push_cli.display import print_json, row, table, truncate
 from push_cli.runbook import (
+    CREDENTIALS_REVOKED,
     CRM_DOWN,
     CRM_REJECTS,
     PUSH_NOT_SENT,
@@ -285,6 +287,8 @@ def _what_failed(attempt: Mapping[str, Any]) -> str:
         return "the CRM failed repeatedly, so its circuit is open and calls to it wait (no attempt spent)"
     if kind == "secret":
         return f"a secret of the config could not be read ({error})"
+    if kind == "auth":
+        return f"no OAuth access token ({error})"
     if kind in NO_ANSWER_KINDS:
         return f"the CRM did not answer ({kind}: {error})"
     return error or f"the attempt failed ({kind or 'no error kind recorded'})"
@@ -387,6 +391,8 @@ def _diagnose(
             _what_failed(attempt),
             [preview, command("lint", "--bot-id", bot_id, "--schema", "crm-schema.json"), replay],
         )
+    if kind == "auth":
+        return _credentials_refused(attempt, bot, report)
     error = truncate(str(attempt.get("error") or ""), 200)
     if kind in ("config", "payload_too_large"):
         return PUSH_NOT_SENT, f"not sent: the config cannot be used: {error}", [lint, preview, replay]
@@ -407,6 +413,32 @@ def _diagnose(
     if kind in NO_ANSWER_KINDS or kind == "circuit_open":
         return PUSH_NOT_SENT, f"not sent: {_what_failed(attempt)}; no attempt is scheduled", [preview, replay]
     return PUSH_NOT_SENT, f"not sent: {error or 'no error recorded'}", [lint, preview, replay]
+
+
+def _credentials_refused(
+    attempt: Mapping[str, Any], bot: BotConfig | None, report: StatusReport
+) -> tuple[Check | None, str, list[str]]:
+    """A token endpoint refused for good (contract §13): which auth config, what it answered, what to do."""
+    bot_id = report.bot_id
+    error = truncate(str(attempt.get("error") or ""), 200)
+    code, meaning = refusal_in_words(error)
+    auth = bot.push.oauth if bot is not None and bot.push is not None else None
+    config = f"auth config: {auth_in_words(auth)}" if auth is not None else "the bot has no auth config now"
+    since = report.results_stored_at[:10] or "<the first failed day>"
+    return (
+        CREDENTIALS_REVOKED,
+        f"not sent: the CRM's token endpoint refused the bot's credentials ({code or 'no error code'}): {meaning}. "
+        f"{config}. Endpoint's answer: {error}. Every call of this bot fails the same way until the credentials "
+        "are renewed in the store (or the app re-authorised); then test them and replay the failed calls",
+        [
+            command("auth", "--bot-id", bot_id, "--test"),
+            command("lint", "--bot-id", bot_id),
+            command(
+                "replay", "--bot-id", bot_id, "--status", "failed", "--since", since,
+                "--reason", "<why, e.g. the ticket>", "--dry-run",
+            ),
+        ],
+    )  # fmt: skip
 
 
 def _never_pushed(

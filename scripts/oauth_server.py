@@ -16,7 +16,7 @@ prints ``READY http://127.0.0.1:<port>`` once it listens. The config (JSON)::
                   "public_key": "<PEM, for jwt-bearer>"}],
      "refresh_tokens": [{"token": "...", "client_id": "...", "scope": "..."}],
      "expires_in": 3600, "rotate_refresh_tokens": true, "audience": "https://login.example",
-     "answer_extra": {"instance_url": "...", "api_domain": "..."},
+     "answer_extra": {"instance_url": "...", "api_domain": "..."},  # "{server}" stands for this server's origin
      "rate_limit": {"max_tokens": 10, "window_seconds": 600}}
 
 Endpoints: ``POST /token``; the CRM ``POST /crm/records`` (200 with a valid
@@ -126,6 +126,7 @@ class State:
         self.crm_accepted = 0
         self.crm_rejected = 0
         self.issued_times: deque[float] = deque()
+        self.issued_secrets: list[str] = []  # every access and refresh token issued: for the tests' leak checks
         self.failures: list[dict[str, Any]] = []
         self.last_assertion: dict[str, Any] = {}
         self.last_token_request: dict[str, Any] = {}
@@ -144,8 +145,14 @@ def _save_token(token: dict[str, Any], req: Any) -> None:
         token.get("refresh_token"),
         int(token.get("expires_in", 3600)),
     )
-    token.update(STATE.config.get("answer_extra", {}))
+    # "{server}": this server's own origin, so a url built from instance_url can reach its CRM endpoint.
+    origin = request.host_url.rstrip("/")
+    extra = STATE.config.get("answer_extra", {})
+    token.update({name: value.replace("{server}", origin) for name, value in extra.items()})
     with STATE.lock:
+        STATE.issued_secrets.append(record.access_token)
+        if record.refresh_token:
+            STATE.issued_secrets.append(record.refresh_token)
         STATE.by_access[record.access_token] = record
         if record.refresh_token:
             STATE.by_refresh[record.refresh_token] = record
@@ -290,6 +297,7 @@ def create_app(config: dict[str, Any]) -> Flask:
                 last_assertion=STATE.last_assertion,
                 last_token_request=STATE.last_token_request,
                 live_refresh_tokens=sorted(t for t, r in STATE.by_refresh.items() if not r.refresh_revoked),
+                issued_secrets=STATE.issued_secrets,
             )
 
     @app.post("/admin/revoke")

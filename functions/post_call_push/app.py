@@ -93,6 +93,14 @@ def _count(outcome: PushOutcome) -> None:
     _add_metric("PushDuration", MetricUnit.Milliseconds, result.duration_ms)
     if result.error_kind:
         _add_metric(f"PushErrorKind_{result.error_kind}", MetricUnit.Count, 1)
+    if result.error_kind == "auth" and not result.next_attempt_at:
+        # The token endpoint refused for good (invalid_grant, invalid_client ...): credentials
+        # revoked or wrong. Every later call of the bot fails the same way until someone acts.
+        _add_metric("AuthFailed", MetricUnit.Count, 1)
+        logger.error(
+            "OAuth token refused: the bot's credentials need fixing",
+            extra={"call_id": outcome.call_id, "error": result.error},
+        )
     if result.next_attempt_at:
         _add_metric("AttemptScheduled", MetricUnit.Count, 1)
     if outcome.outcome == "record_deferred":

@@ -81,6 +81,16 @@ def resolver(secretsmanager: Any, clock: Clock | None = None) -> StoreSecretReso
 # --- with a signer ---------------------------------------------------------------------------
 
 
+def records_of(caplog: Any, logger: str) -> list[logging.LogRecord]:
+    """The records one logger emitted, each once: other tests may have left the SDK's loggers at DEBUG, and the
+    handler's Powertools wiring may hand caplog the same record twice."""
+    seen: dict[int, logging.LogRecord] = {}
+    for record in caplog.records:
+        if record.name == logger:
+            seen.setdefault(id(record), record)
+    return list(seen.values())
+
+
 def test_a_configured_signer_signs_the_link_for_the_whole_ttl_with_its_own_key_and_no_session(
     aws, secretsmanager, bucket, signer
 ):
@@ -123,10 +133,15 @@ def test_a_rotated_signer_key_is_used_once_the_cached_value_is_five_minutes_old(
     assert query(presign(bucket, "calls/c1.wav"))["X-Amz-Credential"].startswith(old_key_id + "/")
 
     clock.now += 1
+    caplog.clear()  # the first load may be captured too, when an earlier test left the logger at INFO
     with caplog.at_level(logging.INFO, logger="crm_push.adapters.recordings"):
         assert query(presign(bucket, "calls/c1.wav"))["X-Amz-Credential"].startswith(new_key_id + "/")
 
-    (loaded,) = [r for r in caplog.records if r.getMessage() == "recordings signer keys loaded"]
+    (loaded,) = [
+        r
+        for r in records_of(caplog, "crm_push.adapters.recordings")
+        if r.getMessage() == "recordings signer keys loaded"
+    ]
     assert loaded.__dict__["rotated"] is True
     assert new_key_id not in caplog.text
     assert new_secret_key not in caplog.text
@@ -147,7 +162,7 @@ def test_a_missing_signer_secret_gives_no_link_rather_than_a_role_signed_one(aws
             presign=presign,
         )
     assert chosen == ("", "none")
-    (warning,) = caplog.records
+    (warning,) = records_of(caplog, "crm_push.recording")
     assert "recordings-signer/absent does not exist" in warning.__dict__["detail"]
 
 
@@ -208,7 +223,7 @@ def test_without_a_signer_a_session_signed_link_is_capped_and_marked_and_warned_
         True,
     )
     assert second.signed_with == "session"
-    (warning,) = caplog.records  # once per presigner (per container), not per call
+    (warning,) = records_of(caplog, "crm_push.adapters.recordings")  # once per presigner (per container), not per call
     assert "RECORDINGS_SIGNER_SECRET" in warning.getMessage()
     assert "X-Amz-Signature" not in caplog.text
     with urllib.request.urlopen(first.url) as fetched:
@@ -234,7 +249,7 @@ def test_long_term_keys_without_a_session_token_keep_the_whole_ttl_and_are_not_w
     assert query(link.url)["X-Amz-Expires"] == str(WEEK)
     assert "X-Amz-Security-Token" not in query(link.url)
     assert link.signed_with == "long_term"
-    assert caplog.records == []
+    assert records_of(caplog, "crm_push.adapters.recordings") == []
 
 
 # --- preview ------------------------------------------------------------------------------------

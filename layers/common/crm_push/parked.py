@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_SECONDS = 60.0  # an open circuit is probed at least once a minute
 RELEASE_WINDOW_SECONDS = 60.0  # every waiting call goes out within a minute of the recovery
+RELEASE_GAP_SECONDS = 0.5  # and no closer than needed: a few calls go at once, a crowd is spread over the minute
 _CLOCK_SLACK_SECONDS = 1.0
 
 
@@ -90,7 +91,7 @@ def release_waiting(key: GateKey, deps: PushDeps, bot_id: str | None) -> PushOut
     waiting = deps.parking.waiting(key)
     now = deps.clock()
     rate = _rate_limit(deps, bot_id)
-    gap = RELEASE_WINDOW_SECONDS / max(1, len(waiting))
+    gap = min(RELEASE_GAP_SECONDS, RELEASE_WINDOW_SECONDS / max(1, len(waiting)))
     if rate:
         gap = max(gap, 1.0 / rate)
     released = 0

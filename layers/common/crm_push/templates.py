@@ -171,17 +171,6 @@ def _compile_node(value: Any, depth: int, path: str) -> _Node:
     return _Literal(value)
 
 
-def _render_node(node: _Node, variables: Mapping[str, Any], drop_unresolved: bool) -> Any:
-    """The reference rule for one key_mapper value; ``_renderer`` builds the same thing, faster."""
-    if isinstance(node, CompiledTemplate):
-        return coerce_json_like(node.render(variables, drop_unresolved))
-    if isinstance(node, dict):
-        return {k: _render_node(v, variables, drop_unresolved) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_render_node(v, variables, drop_unresolved) for v in node]
-    return node.value
-
-
 _MAX_INT_DIGITS = 4300  # sys.get_int_max_str_digits() default; json cannot write longer ints
 
 
@@ -233,7 +222,11 @@ _Renderer = Callable[[Mapping[str, Any], bool], Any]
 
 
 def _renderer(node: _Node) -> _Renderer:
-    """A function rendering ``node`` as ``_render_node`` does, with the dispatch done once, here."""
+    """A function rendering one key_mapper value, with the dispatch on its kind done once, here.
+
+    A template renders to text and is coerced (``coerce_json_like``); maps and
+    lists render their members; anything else is sent as it is.
+    """
     if isinstance(node, CompiledTemplate):
         single = node.single
         if single is None:
@@ -276,24 +269,6 @@ class CompiledKeyMapper:
     def render(self, variables: Mapping[str, Any], drop_unresolved: bool = True) -> dict[str, Any]:
         """The payload: every external key rendered, JSON-like strings coerced, literals kept."""
         return {key: render(variables, drop_unresolved) for key, render in self._renderers}
-
-    def templates(self) -> list[tuple[str, CompiledTemplate]]:
-        """Every template with its path in the mapper, e.g. ``("customer.name", ...)``."""
-        found: list[tuple[str, CompiledTemplate]] = []
-
-        def walk(node: _Node, path: str) -> None:
-            if isinstance(node, CompiledTemplate):
-                found.append((path, node))
-            elif isinstance(node, dict):
-                for k, v in node.items():
-                    walk(v, f"{path}.{k}" if path else k)
-            elif isinstance(node, list):
-                for i, v in enumerate(node):
-                    walk(v, f"{path}[{i}]")
-
-        for key, node in self.fields.items():
-            walk(node, key)
-        return found
 
 
 @lru_cache(maxsize=512)
