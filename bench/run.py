@@ -20,6 +20,7 @@ SECTIONS = (
     "bench.dynamodb_local",
     "bench.hanging_crm",
     "bench.outage",
+    "bench.oauth",
 )
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -37,6 +37,7 @@ from push_cli import dlq as dlq_cli
 from push_cli import lint as lint_module
 from push_cli import reconcile as reconcile_cli
 from push_cli import secrets as secrets_cli
+from push_cli.circuits import parked_line, read_parked
 from push_cli.context import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -479,6 +480,12 @@ def cmd_status(args: argparse.Namespace, ctx: Context, console: Console, clock: 
         else:
             closed = {"destination": key.destination, "scope": key.scope, "state": "CLOSED"}
             report.circuit = view.as_json() if view else closed
+        try:
+            parked = read_parked(ctx.dynamodb(), ctx.state_table, key)
+        except Exception as exc:  # context too: never hide the rest
+            report.delivery.note = f"{report.delivery.note}; parking not read: {type(exc).__name__}".lstrip("; ")
+        else:
+            report.parked = parked_line(parked, datetime.now(UTC)) if parked is not None else None
     render_status(console, report, as_json=args.json)
     return EXIT_OK
 

@@ -34,6 +34,7 @@ RECORDING_LINK = Check(5, "Recording link broken")
 CRM_DOWN = Check(6, "A CRM is down")  # attempts scheduled on the retry ladder, or the ladder exhausted
 SIGNATURE_INVALID = Check(7, "The CRM says the signature is invalid")
 CREDENTIALS_REVOKED = Check(8, "The CRM's credentials were revoked")  # an OAuth token endpoint refused for good
+QUOTA_SPENT = Check(9, "A CRM's quota is spent")  # error_kind quota: calls parked until the reset (contract §14)
 
 CHECKS = (
     PUSH_NOT_SENT,
@@ -44,6 +45,7 @@ CHECKS = (
     CRM_DOWN,
     SIGNATURE_INVALID,
     CREDENTIALS_REVOKED,
+    QUOTA_SPENT,
 )
 
 

@@ -34,6 +34,7 @@ from push_cli.runbook import (
     CRM_DOWN,
     CRM_REJECTS,
     PUSH_NOT_SENT,
+    QUOTA_SPENT,
     RECORDING_LINK,
     RUNBOOK_PATH,
     Check,
@@ -98,6 +99,8 @@ class StatusReport:
     runbook: str = ""  # "docs/runbook.md#..." of the matching check, or ""
     next_commands: list[str] = field(default_factory=list)
     circuit: dict[str, Any] | None = None  # the destination's circuit (CircuitView.as_json), when it was read
+    parked: str | None = None  # why the destination's calls wait (a spent quota, an open circuit), when they do
+    scope: str | None = None  # the bot's tenant scope: circuits, quotas and secrets are its
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,6 +236,7 @@ def build_status(
         events=[dict(e) for e in events if isinstance(e, Mapping) and e.get("type") == "post_call_push"]
         if isinstance(events, list)
         else [],
+        scope=bot.scope if bot is not None else None,
     )
     report.delivery.dead_letters = dead_letters
     if report.delivery.answered_not_written:
@@ -338,6 +342,15 @@ def _diagnose(
         return PUSH_NOT_SENT, "not sent: the bot's post_call_push has no url", [lint, replay]
 
     attempts = delivery.attempts if delivery.attempts is not None else attempt.get("attempts")
+    if kind == "quota":
+        # Not a CRM that is down: the tenant's allowance there is spent, and every call of it waits for the reset.
+        until = delivery.next_attempt_at or attempt.get("next_attempt_at") or "its reset"
+        return (
+            QUOTA_SPENT,
+            f"parked: the CRM says this tenant's quota is spent; this call and every other of its destination "
+            f"wait until {until} without spending attempts, then go out within a minute",
+            [command("circuits", "--scope", report.scope or bot_id), look_again],
+        )
     if delivery.state == "scheduled" and delivery.next_attempt_at:
         what = _what_failed(attempt)
         following = f"attempt {int(attempts or 0) + 1}" + (
@@ -576,6 +589,8 @@ def render_status(console: Console, report: StatusReport, *, as_json: bool) -> N
         console.print(line)
     if report.circuit is not None:
         console.print(_circuit_line(report.circuit))
+    if report.parked:
+        console.print(report.parked)
     entries = [*report.history, *report.delivery.unrecorded]
     if entries:
         grid = table(

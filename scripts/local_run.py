@@ -95,10 +95,13 @@ def main() -> int:
         outage_ok = _play_outage(stack, app)
         deps.clock, deps.sleep, deps.gate, deps.retry_queue = real
         circuit_ok = _play_hanging_crm(stack, app)
+        from scripts.local_run_oauth import play_oauth
+
+        oauth_ok = play_oauth(stack, app)
         from scripts.local_run_presets import play_presets
 
         presets_ok = play_presets(stack, app)
-        return 0 if first_ok and outage_ok and circuit_ok and presets_ok else 1
+        return 0 if first_ok and outage_ok and circuit_ok and oauth_ok and presets_ok else 1
 
 
 DEMO_SIGNING_SECRET = "whsec_" + base64.b64encode(b"make-run-demo-signing-key-32byte").decode()

@@ -249,10 +249,6 @@ def test_a_preset_push_reaches_its_crm_as_the_documented_request(
     assert result["url"].startswith(standins.url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: attempt.new_result stores config.method (POST by default), not the method the preset sent",
-)
 def test_the_result_names_the_method_the_preset_sent(
     stack: Stack, handler: Any, standins: CrmStandins, clock: FakeClock, sample_call: dict[str, Any]
 ) -> None:
@@ -512,11 +508,6 @@ def test_a_ten_secondly_429_is_an_ordinary_retry(
     assert park_item(stack, GateKey(standins.url, sample_call["bot_id"])).get("quota_until") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: the gate judges the raw SendOutcome (verdict_on), so a DAILY 429 counts against the "
-    "circuit before read_answer says quota; calls in flight together open it (contract §14: it does not count)",
-)
 def test_quota_answers_in_flight_together_do_not_open_the_circuit(
     stack: Stack,
     handler: Any,

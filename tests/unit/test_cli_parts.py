@@ -17,7 +17,7 @@ from crm_push.push import PushOutcome, PushResult
 from push_cli.display import Redactor, mask_secret, shorten_strings, truncate
 from push_cli.main import build_parser
 from push_cli.replay import candidate_for, line_for, parse_moment, replay_calls, select_range
-from push_cli.runbook import CHECKS, CRM_DOWN
+from push_cli.runbook import CHECKS, CRM_DOWN, QUOTA_SPENT
 from push_cli.status import build_status, in_words
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -363,6 +363,19 @@ def test_a_crm_that_is_down_needs_nothing_but_says_when_it_retries(result, what)
     assert delivery.last_error_kind == result["error_kind"]
     assert not delivery.exhausted
     assert not delivery.claim_held
+
+
+def test_a_spent_quota_is_its_own_check_and_points_at_the_scopes_parked_destinations():
+    result = failed(status="rejected", http_status=429, response_body='{"policyName":"DAILY"}', error_kind="quota")
+    item = with_push(call(None, bot_id="bot-1"), result)
+
+    report = build_status(item, BOT, bot_exists=True, now=NOW, delivery=scheduled(1, EPOCH + 36000))
+
+    assert report.runbook.startswith(QUOTA_SPENT.reference)
+    assert "quota is spent" in report.diagnosis
+    assert "without spending attempts" in report.diagnosis
+    assert report.next_commands[0] == "post-call-push circuits --scope bot-1"
+    assert "replay" not in " ".join(report.next_commands)
 
 
 def test_attempts_only_in_the_state_table_are_the_latest_and_in_the_history():

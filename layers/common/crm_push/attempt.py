@@ -58,7 +58,13 @@ class AttemptOutcome:
 
 
 def new_result(
-    bot: BotConfig, status: PushStatus, *, now: datetime, url: str | None = None, **fields: Any
+    bot: BotConfig,
+    status: PushStatus,
+    *,
+    now: datetime,
+    url: str | None = None,
+    method: str | None = None,
+    **fields: Any,
 ) -> PushResult:
     config = bot.push
     base: dict[str, Any] = {
@@ -66,7 +72,8 @@ def new_result(
         "response_body": "",
         "error": None,
         "url": recorded_url_of(config) if url is None else url,
-        "method": config.method if config else "POST",
+        # What was sent: a preset's own method (PATCH for Salesforce and Dataverse), else the config's.
+        "method": method or (config.method if config else "POST"),
         "pushed_at": iso_utc(now),
         "duration_ms": 0,
     }
@@ -94,10 +101,10 @@ def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, att
     def send() -> SendOutcome:
         sent = deps.crm.send(prepared.request, deps.deadline())
         if sent.http_status == 401 and prepared.access_token is not None:
-            return _resend_with_new_token(call_doc, bot, deps, prepared, sent)
-        if sent.http_status in _STALE_CREDENTIAL_STATUSES and prepared.uses_references:
-            return _resend_with_fresh_credentials(call_doc, bot, deps, prepared, sent)
-        return sent
+            sent = _resend_with_new_token(call_doc, bot, deps, prepared, sent)
+        elif sent.http_status in _STALE_CREDENTIAL_STATUSES and prepared.uses_references:
+            sent = _resend_with_fresh_credentials(call_doc, bot, deps, prepared, sent)
+        return _as_the_gate_judges(bot, deps, sent)
 
     quota = deps.parking.quota_until(key)
     # A spent quota (contract §14) holds the call before the gate: the tenant's allowance is gone until then.
@@ -109,6 +116,7 @@ def run_attempt(call_doc: Mapping[str, Any], bot: BotConfig, deps: PushDeps, att
             "failed",
             now=now,
             url=prepared.request.recorded_url,
+            method=prepared.request.method,
             error=f"not sent: {what} for this destination",
             error_kind=None if sent.reason == "rate_limited" else sent.reason,
             recording_link=prepared.recording_link,
@@ -185,6 +193,21 @@ def _resend_with_fresh_credentials(
     return _second_send(deps, fresh, first)
 
 
+def _as_the_gate_judges(bot: BotConfig, deps: PushDeps, sent: SendOutcome) -> SendOutcome:
+    """The answer with what the CRM meant by it, before the circuit breaker counts it.
+
+    A spent quota (a Salesforce 403, a HubSpot DAILY 429) or a refused record in
+    a 2xx is the CRM working: it must not count towards opening the circuit
+    (contract §14). The attempt reads the answer again for the record.
+    """
+    if sent.http_status is None:
+        return sent
+    reading = read_answer(bot, sent, sent.response_body, deps.clock())
+    if reading.error_kind in ("quota", "crm_rejected"):
+        return replace(sent, error_kind=reading.error_kind)
+    return sent
+
+
 def _second_send(deps: PushDeps, renewed: PreparedPush, first: SendOutcome) -> SendOutcome:
     """The re-send within one attempt; its echo is scrubbed of the new credentials now (the core knows the old)."""
     second = deps.crm.send(renewed.request, deps.deadline())
@@ -215,6 +238,7 @@ def _outcome(bot: BotConfig, deps: PushDeps, prepared: PreparedPush, sent: SendO
         status,
         now=deps.clock(),
         url=prepared.request.recorded_url,
+        method=prepared.request.method,
         http_status=sent.http_status,
         response_body=body[:MAX_RESPONSE_BODY_CHARS],
         error=error,
