@@ -360,11 +360,6 @@ def test_a_token_endpoint_that_does_not_answer_is_retried(
 # --- (f) {{auth.instance_url}} -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: PostCallPushConfig._url runs check_push_url on the raw url, which refuses a leading "
-    "{{auth.instance_url}}; it should compile url templates (compile_url_template) instead",
-)
 def test_the_url_begins_with_the_instance_url_from_the_token_answer(
     server: OAuthServer,
     stack: Stack,

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from crm_push.config import load_bot_config
 from crm_push.push import Replay, SendOutcome, push_call, redact_url
 from tests.fakes import InMemoryCalls, ScriptedCrm, StaticBots, make_deps
 
@@ -221,3 +222,23 @@ def test_the_token_link_is_preferred_and_presign_is_the_fallback(call, bot):
 )
 def test_redact_url_drops_userinfo_and_query_values(url, expected):
     assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("{{auth.instance_url}}/services/data/v62.0/sobjects/Lead/Call_Id__c/{{result.call_id}}", None),
+        ("https://crm.example.com/calls/{{result.call_id}}?agent={{call.agent}}", None),
+        ("https://{{crm.host}}/calls", "url"),  # a host from call data: never
+        ("{{auth.token}}/calls", "url"),  # only instance_url / api_domain may begin a url
+    ],
+)
+def test_a_url_template_is_checked_when_the_config_is_loaded(bot, url, error):
+    bot["post_call_push"]["url"] = url
+    loaded = load_bot_config(bot, bot["bot_id"])
+    if error is None:
+        assert loaded.push_error is None
+        assert loaded.push is not None
+    else:
+        assert loaded.push is None
+        assert error in (loaded.push_error or "")

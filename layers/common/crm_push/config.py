@@ -16,6 +16,7 @@ from crm_push.preset_config import PresetConfig, ResponseConfig, parse_preset, p
 from crm_push.push_url import parse_push_url
 from crm_push.signing import SIGNATURE_HEADERS, parse_signing_secret
 from crm_push.templates import CompiledKeyMapper, compile_key_mapper
+from crm_push.url_templates import compile_url_template
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -231,7 +232,12 @@ class PostCallPushConfig(BaseModel):
         if isinstance(value, str):
             if not value.strip():
                 return None
-            check_push_url(value)
+            if "{{" in value:
+                # A url template (contract §13, §14): its origin literal or a leading {{auth.*}}, values in the
+                # path and query only; the rendered url is parsed like any other before it is sent.
+                compile_url_template(value)
+            else:
+                check_push_url(value)
         elif isinstance(value, Mapping):
             return _reference(value, "url")  # a url that is itself a credential (contract §12)
         return value or None
