@@ -65,21 +65,15 @@ class CallsTable:
 
     def append_entries(self, call_id: str, entries: list[dict[str, Any]]) -> bool:
         """Append to ``integration_log`` alone (a failed probe: not an attempt, so the result stays)."""
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"call_id": {"S": call_id}},
-                UpdateExpression="SET integration_log = list_append(if_not_exists(integration_log, :empty), :log)",
-                ConditionExpression="attribute_exists(call_id)",
-                ExpressionAttributeValues=to_item({":log": entries, ":empty": []}),
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise StorageError(f"logging on call {call_id} failed: {aws_error(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"logging on call {call_id} failed: {aws_error(exc)}") from exc
-        return True
+        return conditional_update(
+            self._client,
+            f"logging on call {call_id}",
+            TableName=self._table,
+            Key={"call_id": {"S": call_id}},
+            UpdateExpression="SET integration_log = list_append(if_not_exists(integration_log, :empty), :log)",
+            ConditionExpression="attribute_exists(call_id)",
+            ExpressionAttributeValues=to_item({":log": entries, ":empty": []}),
+        )
 
     def write_outcome(
         self,
@@ -292,6 +286,19 @@ def reduced_result(result: dict[str, Any]) -> dict[str, Any]:
     """What must still fit on a call item at DynamoDB's size limit: the outcome without the CRM's body."""
     kept = ("status", "http_status", "error_kind", "attempts", "next_attempt_at", "exhausted", "pushed_at")
     return {**{k: result.get(k) for k in kept}, "reduced": True}
+
+
+def conditional_update(client: Any, what: str, **request: Any) -> bool:
+    """One conditional UpdateItem: False when its condition refused it, StorageError (naming ``what``) on failure."""
+    try:
+        client.update_item(**request)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise StorageError(f"{what} failed: {aws_error(exc)}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"{what} failed: {aws_error(exc)}") from exc
+    return True
 
 
 def aws_error(exc: Exception) -> str:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from crm_push.adapters.dynamodb import aws_error, from_item, to_item
+from crm_push.adapters.dynamodb import aws_error, conditional_update, from_item, to_item
 from crm_push.clock import from_epoch
 from crm_push.errors import StorageError
 from crm_push.ports import GateKey
@@ -100,19 +100,15 @@ class ParkingTable:
 
     def spend_quota(self, key: GateKey, until: datetime) -> None:
         epoch = int(until.timestamp())
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=park_key(key),
-                UpdateExpression="SET quota_until = :until, expires_at = :ttl",
-                ConditionExpression="attribute_not_exists(quota_until) OR quota_until < :until",
-                ExpressionAttributeValues=to_item({":until": epoch, ":ttl": epoch + RETENTION_SECONDS}),
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise StorageError(f"recording the quota of {key.destination} failed: {aws_error(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"recording the quota of {key.destination} failed: {aws_error(exc)}") from exc
+        conditional_update(  # refused when a later reset is already recorded
+            self._client,
+            f"recording the quota of {key.destination}",
+            TableName=self._table,
+            Key=park_key(key),
+            UpdateExpression="SET quota_until = :until, expires_at = :ttl",
+            ConditionExpression="attribute_not_exists(quota_until) OR quota_until < :until",
+            ExpressionAttributeValues=to_item({":until": epoch, ":ttl": epoch + RETENTION_SECONDS}),
+        )
         self._forget(key)
 
     def arrange(self, key: GateKey, action: Literal["probe", "release"], due: datetime) -> bool:
@@ -125,30 +121,26 @@ class ParkingTable:
         condition = "attribute_not_exists(chain) OR chain_due < :stale"
         if action == "release":
             condition += " OR chain = :probe"
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=park_key(key),
-                UpdateExpression="SET chain = :action, chain_due = :due, expires_at = :ttl",
-                ConditionExpression=condition,
-                ExpressionAttributeValues=to_item(
-                    {
-                        ":action": action,
-                        ":due": epoch,
-                        ":ttl": epoch + RETENTION_SECONDS,
-                        ":stale": stale,
-                        **({":probe": "probe"} if action == "release" else {}),
-                    }
-                ),
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise StorageError(f"arranging the {action} of {key.destination} failed: {aws_error(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"arranging the {action} of {key.destination} failed: {aws_error(exc)}") from exc
-        self._forget(key)
-        return True
+        arranged = conditional_update(
+            self._client,
+            f"arranging the {action} of {key.destination}",
+            TableName=self._table,
+            Key=park_key(key),
+            UpdateExpression="SET chain = :action, chain_due = :due, expires_at = :ttl",
+            ConditionExpression=condition,
+            ExpressionAttributeValues=to_item(
+                {
+                    ":action": action,
+                    ":due": epoch,
+                    ":ttl": epoch + RETENTION_SECONDS,
+                    ":stale": stale,
+                    **({":probe": "probe"} if action == "release" else {}),
+                }
+            ),
+        )
+        if arranged:
+            self._forget(key)
+        return arranged
 
     def finish(self, key: GateKey) -> None:
         try:

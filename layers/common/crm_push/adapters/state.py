@@ -33,7 +33,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from crm_push.adapters.dynamodb import aws_error, from_item, to_item
+from crm_push.adapters.dynamodb import aws_error, conditional_update, from_item, to_item
 from crm_push.clock import lease_is_live
 from crm_push.errors import AlreadyPushed, ClaimHeld, NotDue, StorageError
 from crm_push.ports import DeliveryState, DeliveryUpdate, GateKey
@@ -233,35 +233,29 @@ class DeliveryStateTable:
         if claim_id is not None:
             condition = f"#claim = :me OR {condition}"
             values[":me"] = claim_id
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=delivery_key(call_id),
-                UpdateExpression=f"SET {sets} REMOVE {removes}",
-                ConditionExpression=condition,
-                ExpressionAttributeNames={
-                    "#claim": "claim_id",
-                    "#lease": "lease_until",
-                    "#trigger": "claim_trigger",
-                    "#attempts": "attempts",
-                    "#st": "st",
-                    "#written": "written",
-                    "#log": "log",
-                    "#ttl": "expires_at",
-                    "#due": "due",
-                    "#waits": "waits_on",
-                    "#holds": "holds",
-                    **({"#by": "by"} if update.trigger is not None else {}),
-                },
-                ExpressionAttributeValues=to_item(values),
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise StorageError(f"recording the delivery of call {call_id} failed: {aws_error(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"recording the delivery of call {call_id} failed: {aws_error(exc)}") from exc
-        return True
+        return conditional_update(
+            self._client,
+            f"recording the delivery of call {call_id}",
+            TableName=self._table,
+            Key=delivery_key(call_id),
+            UpdateExpression=f"SET {sets} REMOVE {removes}",
+            ConditionExpression=condition,
+            ExpressionAttributeNames={
+                "#claim": "claim_id",
+                "#lease": "lease_until",
+                "#trigger": "claim_trigger",
+                "#attempts": "attempts",
+                "#st": "st",
+                "#written": "written",
+                "#log": "log",
+                "#ttl": "expires_at",
+                "#due": "due",
+                "#waits": "waits_on",
+                "#holds": "holds",
+                **({"#by": "by"} if update.trigger is not None else {}),
+            },
+            ExpressionAttributeValues=to_item(values),
+        )
 
     def mark_written(self, call_id: str, attempts: int) -> bool:
         """The call item now carries the delivery's attempts up to ``attempts``: nothing is pending.
@@ -269,60 +263,44 @@ class DeliveryStateTable:
         Only while the delivery is still at that attempt: a later attempt's own
         call write carried everything pending before it.
         """
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=delivery_key(call_id),
-                UpdateExpression="SET #written = :true, #log = :empty",
-                ConditionExpression="#attempts = :attempts",
-                ExpressionAttributeNames={"#written": "written", "#log": "log", "#attempts": "attempts"},
-                ExpressionAttributeValues=to_item({":true": True, ":empty": [], ":attempts": attempts}),
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise StorageError(f"recording the delivery of call {call_id} failed: {aws_error(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"recording the delivery of call {call_id} failed: {aws_error(exc)}") from exc
-        return True
+        return conditional_update(
+            self._client,
+            f"recording the delivery of call {call_id}",
+            TableName=self._table,
+            Key=delivery_key(call_id),
+            UpdateExpression="SET #written = :true, #log = :empty",
+            ConditionExpression="#attempts = :attempts",
+            ExpressionAttributeNames={"#written": "written", "#log": "log", "#attempts": "attempts"},
+            ExpressionAttributeValues=to_item({":true": True, ":empty": [], ":attempts": attempts}),
+        )
 
     def release_parked(self, call_id: str, waits_on: GateKey, due: datetime) -> bool:
         """Bring a delivery waiting on ``waits_on`` forward to ``due``, if it still waits there."""
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=delivery_key(call_id),
-                UpdateExpression="SET #due = :due REMOVE #waits",
-                ConditionExpression="#waits = :waits AND #st = :scheduled",
-                ExpressionAttributeNames={"#due": "due", "#waits": "waits_on", "#st": "st"},
-                ExpressionAttributeValues=to_item(
-                    {":due": int(due.timestamp()), ":waits": waits_on.label, ":scheduled": "scheduled"}
-                ),
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise StorageError(f"releasing call {call_id} failed: {aws_error(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"releasing call {call_id} failed: {aws_error(exc)}") from exc
-        return True
+        return conditional_update(
+            self._client,
+            f"releasing call {call_id}",
+            TableName=self._table,
+            Key=delivery_key(call_id),
+            UpdateExpression="SET #due = :due REMOVE #waits",
+            ConditionExpression="#waits = :waits AND #st = :scheduled",
+            ExpressionAttributeNames={"#due": "due", "#waits": "waits_on", "#st": "st"},
+            ExpressionAttributeValues=to_item(
+                {":due": int(due.timestamp()), ":waits": waits_on.label, ":scheduled": "scheduled"}
+            ),
+        )
 
     def release(self, call_id: str, claim_id: str) -> None:
         """Give the claim back unused; a claim already lost is nobody's to release."""
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=delivery_key(call_id),
-                UpdateExpression="REMOVE #claim, #lease, #trigger",
-                ConditionExpression="#claim = :me",
-                ExpressionAttributeNames={"#claim": "claim_id", "#lease": "lease_until", "#trigger": "claim_trigger"},
-                ExpressionAttributeValues=to_item({":me": claim_id}),
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise StorageError(f"releasing call {call_id} failed: {aws_error(exc)}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"releasing call {call_id} failed: {aws_error(exc)}") from exc
+        conditional_update(
+            self._client,
+            f"releasing call {call_id}",
+            TableName=self._table,
+            Key=delivery_key(call_id),
+            UpdateExpression="REMOVE #claim, #lease, #trigger",
+            ConditionExpression="#claim = :me",
+            ExpressionAttributeNames={"#claim": "claim_id", "#lease": "lease_until", "#trigger": "claim_trigger"},
+            ExpressionAttributeValues=to_item({":me": claim_id}),
+        )
 
     def get(self, call_id: str) -> dict[str, Any] | None:
         """The delivery item as plain values (attempt entries expanded), for operators."""
