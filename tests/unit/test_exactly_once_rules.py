@@ -15,7 +15,7 @@ import pytest
 from crm_push.errors import StorageError
 from crm_push.ports import GateKey, HeldBack, Replay, SendOutcome
 from crm_push.push import handle_retry_message, push_call
-from tests.fakes import InMemoryCalls, InMemoryDelivery
+from tests.fakes import InMemoryCalls, InMemoryDelivery, ScriptedCrm
 from tests.unit.test_delivery import DOWN, OK, FailingWrites, World
 
 LEASE = 240  # the template's CLAIM_LEASE_SECONDS
@@ -291,3 +291,110 @@ def test_a_state_save_that_fails_after_the_answer_rides_the_queue_and_is_applied
     world.drain()  # the record message saves the state, then wakes the call for attempt 2
     assert len(world.crm.requests) == 2
     assert post_call_push_entries(world) == [(1, "rejected"), (2, "ok")]
+
+
+# --- the audit's other findings at the core ------------------------------------------------------------
+
+
+def test_audit_9_a_header_value_rendered_from_call_data_is_scrubbed_from_the_crms_echo(call, bot):
+    class EchoCrm(ScriptedCrm):
+        def send(self, request: Any, deadline: Any = None) -> SendOutcome:
+            self.requests.append(request)
+            return SendOutcome(401, "invalid key " + request.headers["X-Api-Key"], None, 1, 3, "http_status")
+
+    call.setdefault("crm_data", {})["api_key"] = "sk_live_per_customer_98765"
+    bot["post_call_push"]["headers"] = {"X-Api-Key": "{{crm.api_key}}"}
+    world = World(call, bot)
+    world.crm = EchoCrm()
+    world.deps.crm = world.crm
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+    assert world.crm.requests[0].headers["X-Api-Key"] == "sk_live_per_customer_98765"
+    assert "sk_live_per_customer_98765" not in repr([world.result, world.stored["integration_log"]])
+    assert world.result["response_body"] == "invalid key ***"
+
+
+def test_audit_8_the_crms_body_is_scrubbed_before_it_is_cut_to_size(call, bot):
+    token = bot["post_call_push"]["token"]
+    page = "<html>" + "x" * 1960 + " Authorization: " + token + " ...</html>"
+    world = World(call, bot, SendOutcome(400, page, None, 1, 3, "http_status"))
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+    stored = world.result["response_body"]
+    assert len(stored) <= 2000
+    assert "Authorization: ***" in stored
+    assert "sk_live" not in stored  # no part of the token survives the cut
+
+
+def test_audit_15_a_rotated_credential_is_read_again_and_resent_once_within_the_attempt(call, bot):
+    class RotatingStore:
+        """The store holds the new key; this container's cache still has the old one."""
+
+        def __init__(self) -> None:
+            self.fresh_reads = 0
+
+        def resolve(self, ref: Any, *, fresh: bool = False) -> str:
+            if fresh:
+                self.fresh_reads += 1
+                return "Bearer new-key-0001"
+            return "Bearer old-key-0001"
+
+    class KeyCheckingCrm(ScriptedCrm):
+        def send(self, request: Any, deadline: Any = None) -> SendOutcome:
+            self.requests.append(request)
+            if request.headers["Authorization"] == "Bearer new-key-0001":
+                return OK
+            return SendOutcome(401, "unknown key", None, 1, 3, "http_status")
+
+    bot["post_call_push"]["token"] = {"secret": f"post-call-push/{bot['bot_id']}/crm", "key": "token"}
+    world = World(call, bot)
+    world.crm = KeyCheckingCrm()
+    world.deps.crm = world.crm
+    store = RotatingStore()
+    world.deps.secrets = store
+    world.deps.secrets_name_prefix = "post-call-push/"
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")
+    assert [r.headers["Authorization"] for r in world.crm.requests] == ["Bearer old-key-0001", "Bearer new-key-0001"]
+    assert store.fresh_reads == 1
+    assert (world.result["status"], world.result["attempts"]) == ("ok", 1)  # one attempt, two requests
+
+
+def test_audit_18_a_rate_limit_below_one_an_hour_is_invalid_config(bot):
+    from crm_push.config import load_bot_config
+
+    bot["post_call_push"]["rate_limit_per_second"] = 1e-9
+    loaded = load_bot_config(bot, bot["bot_id"])
+    assert loaded.push is None
+    assert "rate_limit_per_second" in (loaded.push_error or "")
+    bot["post_call_push"]["rate_limit_per_second"] = 1 / 3600
+    assert load_bot_config(bot, bot["bot_id"]).push is not None
+
+
+def test_audit_19_each_logged_attempt_names_the_url_it_really_went_to(call, bot):
+    world = World(call, bot, DOWN, DOWN, OK)
+    push_call(world.call_id, world.deps, call_doc=call, trigger="stream:1")  # attempts 1 and 2, to the old url
+    world.deps.bots.bots[bot["bot_id"]]["post_call_push"]["url"] = "https://crm-new.example.com/api/v2/call-outcomes"
+    world.drain()
+    urls = [e["url"] for e in world.stored["integration_log"] if e["type"] == "post_call_push"]
+    assert urls == [
+        "https://crm.example.com/api/v2/call-outcomes",
+        "https://crm.example.com/api/v2/call-outcomes",
+        "https://crm-new.example.com/api/v2/call-outcomes",
+    ]
+
+
+def test_audit_20_pending_entries_keep_a_short_body_so_the_state_item_stays_small():
+    from crm_push.adapters.state import PENDING_BODY_CHARS, compact_entry, expand_entry
+
+    entry = {"type": "post_call_push", "status": "rejected", "http_status": 503, "response_body": "<html>" * 400,
+             "url": "https://crm.example.com/x", "method": "POST", "attempts": 2, "pushed_at": "t"}  # fmt: skip
+    kept = compact_entry(entry)
+    assert len(kept["b"]) == PENDING_BODY_CHARS
+    assert expand_entry(kept)["url"] == entry["url"]  # its own url, not the one of the final write
+
+
+def test_audit_12_no_attempt_starts_without_time_to_record_its_answer_at_the_sdks_worst():
+    from crm_push.wiring import _AWS_CONFIG, write_back_reserve_seconds
+
+    tries = _AWS_CONFIG.retries["max_attempts"]
+    one_request = tries * (_AWS_CONFIG.connect_timeout + _AWS_CONFIG.read_timeout)
+    # the call item, the state, and a record message when either fails
+    assert write_back_reserve_seconds() >= 3 * one_request
