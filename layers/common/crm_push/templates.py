@@ -53,8 +53,18 @@ class Placeholder:
     key: str
     candidates: tuple[str, ...]
 
+    def resolve(self, variables: Mapping[str, Any]) -> Any:
+        """The value of the first candidate present (the suffix fallback, behaviour §7), else ``UNRESOLVED``."""
+        for name in self.candidates:
+            value = variables.get(name, _MISSING)
+            if value is not _MISSING:
+                return value
+        return UNRESOLVED
+
 
 _MISSING = object()
+UNRESOLVED: Any = _MISSING
+"""What ``Placeholder.resolve`` answers when no candidate is present (a pre-seeded "" counts as present)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,24 +85,20 @@ class CompiledTemplate:
     def render(self, variables: Mapping[str, Any], drop_unresolved: bool = True) -> str:
         single = self.single
         if single is not None:
-            for name in single.candidates:
-                value = variables.get(name, _MISSING)
-                if value is not _MISSING:
-                    return to_text(value)
+            value = single.resolve(variables)
+            if value is not UNRESOLVED:
+                return to_text(value)
             return "" if drop_unresolved else single.source
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
                 continue
-            for name in part.candidates:
-                value = variables.get(name, _MISSING)
-                if value is not _MISSING:
-                    out.append(to_text(value))
-                    break
-            else:
-                if not drop_unresolved:
-                    out.append(part.source)
+            value = part.resolve(variables)
+            if value is not UNRESOLVED:
+                out.append(to_text(value))
+            elif not drop_unresolved:
+                out.append(part.source)
         return "".join(out)
 
 

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 
 from crm_push.errors import ConfigError
 from crm_push.jsonvalues import to_text
-from crm_push.templates import PLACEHOLDER, Placeholder, compile_template
+from crm_push.templates import PLACEHOLDER, UNRESOLVED, Placeholder, compile_template
 
 AUTH_ORIGINS = ("instance_url", "api_domain")
 """The token answer's fields (contract §13) that may stand for a url's origin."""
@@ -33,7 +33,6 @@ _SCHEMES = ("http", "https")
 _FORBIDDEN_TEXT = re.compile(r"[\s\x00-\x1f\x7f]")
 # Segments that a client or server may collapse: a rendered value must never form one on its own.
 _COLLAPSING_SEGMENTS = frozenset({"", ".", ".."})
-_MISSING = object()
 
 
 def encode_component(value: str) -> str:
@@ -135,13 +134,10 @@ def _render_segment(segment: _Segment, variables: Mapping[str, Any]) -> str:
         if isinstance(part, str):
             out.append(part)
             continue
-        for name in part.candidates:
-            value = variables.get(name, _MISSING)
-            if value is not _MISSING:
-                out.append(encode_component(to_text(value)))
-                break
-        else:
+        value = part.resolve(variables)
+        if value is UNRESOLVED:
             raise ConfigError(f"url placeholder {part.source} does not resolve: a url never sends an empty value")
+        out.append(encode_component(to_text(value)))
     text = "".join(out)
     if segment.whole_path_segment and text in _COLLAPSING_SEGMENTS:
         key = next(p.key for p in segment.parts if isinstance(p, Placeholder))
