@@ -392,9 +392,13 @@ def test_audit_20_pending_entries_keep_a_short_body_so_the_state_item_stays_smal
 
 
 def test_audit_12_no_attempt_starts_without_time_to_record_its_answer_at_the_sdks_worst():
+    # What botocore makes of the config: a bare max_attempts would mean retries *after* the first try.
+    import boto3
+
     from crm_push.wiring import _AWS_CONFIG, write_back_reserve_seconds
 
-    tries = _AWS_CONFIG.retries["max_attempts"]
+    boto3.session.Session().client("dynamodb", region_name="us-east-1", config=_AWS_CONFIG)
+    tries = _AWS_CONFIG.retries["total_max_attempts"]
     one_request = tries * (_AWS_CONFIG.connect_timeout + _AWS_CONFIG.read_timeout)
     # the call item, the state, and a record message when either fails
     assert write_back_reserve_seconds() >= 3 * one_request

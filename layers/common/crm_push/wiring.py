@@ -31,7 +31,8 @@ _AWS_TRIES = 3
 _AWS_CONNECT_SECONDS = 1
 _AWS_READ_SECONDS = 2
 _AWS_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": _AWS_TRIES},
+    # total_max_attempts counts the first try too (botocore reads a bare max_attempts as retries after it)
+    retries={"mode": "standard", "total_max_attempts": _AWS_TRIES},
     connect_timeout=_AWS_CONNECT_SECONDS,
     read_timeout=_AWS_READ_SECONDS,
 )
