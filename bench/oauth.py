@@ -20,64 +20,17 @@ Figures:
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENTS = 10
 CALLS = 20
 GOAL_TOKEN_REQUESTS = 1
 _SECRET = "bench-" + uuid.uuid4().hex
 
 
-def _environments(job: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
-    """Start every environment, let each import what it needs, then release them together."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "common"), str(ROOT)])}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.oauth_environment"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(ENVIRONMENTS)
-    ]
-    for process in processes:
-        assert process.stdin is not None
-        process.stdin.write(json.dumps(job) + "\n")
-        process.stdin.flush()
-    for process in processes:
-        assert process.stdout is not None
-        if process.stdout.readline().strip() != "READY":
-            why = process.stderr.read()[-2000:] if process.stderr else ""
-            raise RuntimeError(f"an environment did not start: {why}")
-    start_at = time.time() + 0.5
-    for process in processes:
-        assert process.stdin is not None
-        process.stdin.write(f"{start_at}\n")
-        process.stdin.close()
-    summaries = []
-    for process in processes:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        out, err = process.stdout.read(), process.stderr.read()  # an environment writes little: no pipe fills up
-        if process.wait(timeout=300) != 0:
-            raise RuntimeError(f"an environment failed: {err[-2000:]}")
-        summaries.append(json.loads(out.strip().splitlines()[-1]))
-    return summaries, time.time() - start_at
-
-
 def measure() -> dict[str, float]:
     from scripts.local_stack import LocalStack
+    from tests.integration.oauth_environment import launch
     from tests.integration.oauth_support import OAuthServer, create_kms_key
 
     server_config = {
@@ -102,7 +55,7 @@ def measure() -> dict[str, float]:
             "crm_url": server.crm_url,
             "calls": CALLS,
         }
-        summaries, wall = _environments(job)
+        summaries, wall = launch(ENVIRONMENTS, job, start_delay=0.5, timeout=300)
         stats = server.stats()
     failed = sum(s["failed"] for s in summaries)
     if failed:

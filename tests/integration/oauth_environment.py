@@ -13,14 +13,65 @@ core does inside one attempt). Prints a JSON summary.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from crm_push.oauth.config import parse_auth_config
 from crm_push.oauth.tokens import AuthFailed
 from crm_push.ports import PushRequest, SendOutcome
 from tests.integration.oauth_support import make_token_source, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch(
+    count: int, job: dict[str, Any], *, start_delay: float, timeout: float
+) -> tuple[list[dict[str, Any]], float]:
+    """Run ``count`` environments on ``job``, released together once every one has imported what it needs.
+
+    Returns each environment's summary and the seconds from the common start to the last one's end;
+    RuntimeError when one does not start or fails. Used by the shared-cache tests and ``bench.oauth``.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "common"), str(ROOT)])}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.oauth_environment"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(job) + "\n")
+        process.stdin.flush()
+    for process in processes:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "READY":
+            why = process.stderr.read()[-2000:] if process.stderr else ""
+            raise RuntimeError(f"an environment did not start: {why}")
+    start_at = time.time() + start_delay
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(f"{start_at}\n")
+        process.stdin.close()
+    summaries = []
+    for process in processes:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        out, err = process.stdout.read(), process.stderr.read()  # an environment writes little: no pipe fills up
+        if process.wait(timeout=timeout) != 0:
+            raise RuntimeError(f"an environment failed: {err[-2000:]}")
+        summaries.append(json.loads(out.strip().splitlines()[-1]))
+    return summaries, time.time() - start_at
 
 
 def main() -> int:

@@ -8,11 +8,6 @@ which counts every token request.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +17,8 @@ import pytest
 
 from crm_push.oauth.config import cache_key, parse_auth_config
 from scripts.local_stack import AwsEndpoints, create_state_table
-from tests.integration.oauth_support import ROOT, OAuthServer, create_kms_key, make_token_source
+from tests.integration.oauth_environment import launch
+from tests.integration.oauth_support import OAuthServer, create_kms_key, make_token_source
 
 SECRET = "cs-" + uuid.uuid4().hex
 pytestmark = pytest.mark.slow
@@ -59,39 +55,8 @@ def auth_for(server: OAuthServer) -> dict[str, Any]:
 def run_environments(count: int, stack: dict[str, str], server: OAuthServer, **job: Any) -> list[dict[str, Any]]:
     """Start ``count`` environments together, once every one has imported what it needs."""
     body = {**stack, "auth": auth_for(server), "scope": "tenant-a", "crm_url": server.crm_url, **job}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers/common"), str(ROOT)])}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.oauth_environment"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-    for process in processes:
-        assert process.stdin is not None
-        process.stdin.write(json.dumps(body) + "\n")
-        process.stdin.flush()
-    for process in processes:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "READY"
-    start_at = time.time() + 0.3
-    for process in processes:
-        assert process.stdin is not None
-        process.stdin.write(f"{start_at}\n")
-        process.stdin.close()
-    results = []
-    for process in processes:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        out, err = process.stdout.read(), process.stderr.read()  # a worker writes little: no pipe fills up
-        assert process.wait(timeout=120) == 0, err[-2000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
+    summaries, _ = launch(count, body, start_delay=0.3, timeout=120)
+    return summaries
 
 
 @pytest.fixture
